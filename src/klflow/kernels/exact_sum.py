@@ -1,0 +1,398 @@
+"""Exact, reproducible summation of float64 terms.
+
+A *state* is an exact fixed-point accumulator (a "superaccumulator", in the spirit of Neal's xsum and
+of ReproBLAS): a 1-D ``np.int64`` array of ``STATE_LEN`` entries.
+
+* ``state[0:NDIGITS]`` are signed digits ``d_k``; the value held is
+  ``sum(d_k * 2**(LOW_EXPONENT + 32*k))``. Every digit but the top one stays below ``CARRY_LIMIT``
+  in magnitude (carries are deferred until then); ``normalize`` brings each of them into
+  ``[0, 2**32)``, and the top digit carries the sign.
+* ``state[NAN_COUNT]``, ``state[POS_INF_COUNT]``, ``state[NEG_INF_COUNT]`` count the NaN, +inf and
+  -inf terms, which have no place in the fixed-point value.
+
+>>> import numpy as np
+>>> state = new_state()
+>>> terms = np.array([1e300, 1.0, -1e300])
+>>> add_terms(state, terms.copy(), terms.size)
+>>> to_float64(state), sum(terms.tolist())
+(1.0, 0.0)
+
+Why the result depends on neither the order nor the partition of the terms
+--------------------------------------------------------------------------
+Every operation on the digits is an exact integer operation: ``add_float`` splits a double into its
+integer significand and power-of-two scale and adds that integer into (at most) three 32-bit-aligned
+digits; ``add_terms`` splits terms with error-free steps (power-of-two scaling, truncation to an
+integer, exact subtraction) into integers it sums in int64; ``merge`` adds digits. No step rounds, so
+the state always holds the exact sum of everything added, and any two states holding the same sum
+round to the same double: ``round_to_float`` rounds the exact value once, to nearest-even. Integer
+addition is associative and commutative, so thread states combine with ``merge`` and MPI ranks with
+an integer ``SUM`` all-reduce of the arrays, in any order and tree shape, with bit-identical results.
+
+Bounds
+------
+* ``LOW_EXPONENT = -1280``, ``NDIGITS = 80``: the digits span ``[2**-1280, 2**1280)``. The smallest bit
+  of a double is ``2**-1074``, and ``2**62`` doubles below ``2**1024`` sum to less than ``2**1086``, so
+  every such sum fits with room to spare. ``add_scaled_int`` places an int64 (63 bits) shifted by up
+  to 31 bits across three digits, so it accepts exponents in
+  ``[MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT] = [-1280, 1215]``, a superset of the ``[-1138, 1024]``
+  needed for products of a double with a 64-bit integer scale.
+* Deferred carries: each addition moves less than ``2**32`` into a digit, and a digit reaching
+  ``CARRY_LIMIT = 2**46`` in magnitude has its carry pushed upward at once, so no digit overflows
+  however many terms are added. Digitwise sums of up to ``2**16`` raw states, or of up to ``2**31``
+  normalized states (digits below ``2**32``), cannot overflow int64; ``normalize`` (and rounding)
+  copes with such sums. Normalize a state that came from such a sum before adding more into it.
+* ``add_terms`` sums integers below ``2**53`` in int64 in chunks of ``SUM_CHUNK = 1024``:
+  ``1024 * (2**53 - 1) < 2**63``. There is therefore no limit on ``count``; blocks of 1024 to 4096
+  terms keep the buffer in the L1 cache.
+
+No function here may be compiled with ``fastmath``: it would let LLVM reassociate or drop the
+error-free steps that make the sum exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from klflow.kernels.bits import f64_as_i64, i64_as_f64
+
+NDIGITS = 80
+LOW_EXPONENT = -1280
+STATE_LEN = NDIGITS + 3
+NAN_COUNT = NDIGITS
+POS_INF_COUNT = NDIGITS + 1
+NEG_INF_COUNT = NDIGITS + 2
+
+DIGIT_BITS = 32
+MIN_SCALE_EXPONENT = LOW_EXPONENT
+MAX_SCALE_EXPONENT = LOW_EXPONENT + DIGIT_BITS * (NDIGITS - 2) - 1
+CARRY_LIMIT = 1 << 46
+SUM_CHUNK = 1024  # int64 sums of this many integers below 2**53 cannot overflow
+
+_DIGIT_MASK = (1 << DIGIT_BITS) - 1
+_ABS_MASK = 0x7FFFFFFFFFFFFFFF
+_EXPONENT_ALL_ONES = 0x7FF0000000000000
+_SIGNIFICAND_MASK = (1 << 52) - 1
+
+
+def new_state() -> np.ndarray:
+    """A state holding the empty sum (zero, no NaN or infinity).
+
+    >>> new_state().shape == (STATE_LEN,)
+    True
+    """
+    return np.zeros(STATE_LEN, dtype=np.int64)
+
+
+@njit(cache=True)
+def _carry_from(state: np.ndarray, start: int) -> None:
+    """Push carries up from digit ``start`` until the digits above ``start + 2`` are within limits."""
+    for k in range(start, NDIGITS - 1):
+        carry = state[k] >> DIGIT_BITS
+        state[k] -= carry << DIGIT_BITS
+        state[k + 1] += carry
+        if k >= start + 2 and -CARRY_LIMIT < state[k + 1] < CARRY_LIMIT:
+            break
+
+
+@njit(inline="always", cache=True)
+def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
+    """Add ``value * 2**exponent`` exactly.
+
+    ``value`` is any int64 but ``-2**63``; ``exponent`` lies in
+    ``[MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT]`` (a ``ValueError`` otherwise).
+
+    >>> state = new_state()
+    >>> add_scaled_int(state, -3, -2)
+    >>> to_float64(state)
+    -0.75
+    """
+    if exponent < MIN_SCALE_EXPONENT or exponent > MAX_SCALE_EXPONENT:
+        raise ValueError("add_scaled_int: exponent out of range")
+    offset = exponent - LOW_EXPONENT
+    k = offset >> 5
+    shift = offset & 31
+    # value * 2**shift = low + rest * 2**32, split without shifting bits out of the int64.
+    low = (value & ((np.int64(1) << (DIGIT_BITS - shift)) - 1)) << shift
+    rest = value >> (DIGIT_BITS - shift)
+    d0 = state[k] + low
+    d1 = state[k + 1] + (rest & _DIGIT_MASK)
+    d2 = state[k + 2] + (rest >> DIGIT_BITS)
+    state[k] = d0
+    state[k + 1] = d1
+    state[k + 2] = d2
+    # Magnitude test without branches per digit: x ^ (x >> 63) is |x| - (x < 0).
+    if ((d0 ^ (d0 >> 63)) | (d1 ^ (d1 >> 63)) | (d2 ^ (d2 >> 63))) >= CARRY_LIMIT:
+        _carry_from(state, k)
+
+
+@njit(inline="always", cache=True)
+def add_float(state: np.ndarray, x: float) -> None:
+    """Add one double exactly; NaN and infinities go to their counters.
+
+    >>> state = new_state()
+    >>> for x in (0.1, 0.2, -0.3):
+    ...     add_float(state, x)
+    >>> to_float64(state)  # the exact sum of the three doubles, rounded once
+    2.7755575615628914e-17
+    """
+    bits = f64_as_i64(x)
+    biased_exponent = (bits >> 52) & 0x7FF
+    if biased_exponent == 0x7FF:
+        if bits & _SIGNIFICAND_MASK:
+            state[NAN_COUNT] += 1
+        elif bits < 0:
+            state[NEG_INF_COUNT] += 1
+        else:
+            state[POS_INF_COUNT] += 1
+        return
+    significand = bits & _SIGNIFICAND_MASK
+    if biased_exponent == 0:  # subnormal or zero: no implicit bit, scale 2**-1074
+        if significand == 0:
+            return
+        exponent = -1074
+    else:
+        significand |= np.int64(1) << 52
+        exponent = biased_exponent - 1075
+    if bits < 0:
+        significand = -significand
+    add_scaled_int(state, significand, exponent)
+
+
+@njit(cache=True)
+def merge(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst += src``: digits and special counters; ``src`` is unchanged.
+
+    The value is what a digitwise integer sum (an MPI ``SUM`` all-reduce) of the arrays holds.
+
+    >>> a, b = new_state(), new_state()
+    >>> add_float(a, 1.5); add_float(b, -0.25)
+    >>> merge(a, b)
+    >>> to_float64(a)
+    1.25
+    """
+    for k in range(STATE_LEN):
+        dst[k] += src[k]
+    # Both inputs keep their digits below CARRY_LIMIT, so the sums are below 2 * CARRY_LIMIT.
+    for k in range(NDIGITS - 1):
+        digit = dst[k]
+        if digit >= CARRY_LIMIT or digit <= -CARRY_LIMIT:
+            carry = digit >> DIGIT_BITS
+            dst[k] = digit - (carry << DIGIT_BITS)
+            dst[k + 1] += carry
+
+
+@njit(cache=True)
+def normalize(state: np.ndarray) -> None:
+    """Propagate carries: every digit but the top one ends in ``[0, 2**32)``; the value is unchanged.
+
+    Normalized states can be summed digitwise (``merge``, MPI ``SUM``) ``2**31`` at a time.
+
+    >>> state = new_state()
+    >>> add_float(state, -1.0)
+    >>> normalize(state)
+    >>> int(state[NDIGITS - 1]), int(state[:NDIGITS - 1].min()) >= 0
+    (-1, True)
+    """
+    for k in range(NDIGITS - 1):
+        carry = state[k] >> DIGIT_BITS  # arithmetic shift: floor division, so the rest is >= 0
+        state[k] -= carry << DIGIT_BITS
+        state[k + 1] += carry
+
+
+@njit(inline="always", cache=True)
+def _bit_length(value: int) -> int:
+    """Number of bits of a non-negative int64."""
+    length = 0
+    while value >> length:
+        length += 1
+    return length
+
+
+@njit(cache=True)
+def _bits_window(digits: np.ndarray, lowest: int, width: int) -> int:
+    """The integer formed by the bits of weights ``2**lowest .. 2**(lowest + width - 1)``.
+
+    ``digits`` are normalized and non-negative; ``width <= 62``.
+    """
+    result = np.int64(0)
+    for k in range(NDIGITS):
+        digit = digits[k]
+        if digit == 0:
+            continue
+        relative = LOW_EXPONENT + DIGIT_BITS * k - lowest  # position of the digit's bit 0
+        if relative >= width or relative + DIGIT_BITS <= 0:
+            continue
+        if relative >= 0:
+            kept = min(DIGIT_BITS, width - relative)
+            result |= (digit & ((np.int64(1) << kept) - 1)) << relative
+        else:
+            result |= (digit >> -relative) & ((np.int64(1) << width) - 1)
+    return result & ((np.int64(1) << width) - 1)
+
+
+@njit(cache=True)
+def _any_bit_below(digits: np.ndarray, position: int) -> bool:
+    """Whether any bit of weight below ``2**position`` is set (normalized, non-negative digits)."""
+    for k in range(NDIGITS):
+        base = LOW_EXPONENT + DIGIT_BITS * k
+        if base >= position:
+            return False
+        digit = digits[k]
+        if base + DIGIT_BITS <= position:
+            if digit != 0:
+                return True
+        elif digit & ((np.int64(1) << (position - base)) - 1):
+            return True
+    return False
+
+
+@njit(inline="always", cache=True)
+def _pow2(exponent: int) -> float:
+    """``2.0**exponent`` for a normal exponent in ``[-1022, 1023]``."""
+    return i64_as_f64((exponent + 1023) << 52)
+
+
+@njit(cache=True)
+def round_to_float(state: np.ndarray, precision_bits: int, min_exponent: int, max_exponent: int) -> float:
+    """The state's exact sum rounded to nearest-even in a binary floating format.
+
+    The format has ``precision_bits`` significant bits (at most 53), smallest normal
+    ``2**min_exponent``, largest finite ``(2 - 2**(1 - precision_bits)) * 2**max_exponent`` (at most
+    1023), gradual underflow and overflow to infinity; its values must all be doubles
+    (``min_exponent - precision_bits + 1 >= -1074``). Any NaN term, or both infinities, give NaN;
+    otherwise an infinite term gives that infinity. An exact zero sum gives ``+0.0``; a nonzero sum
+    that rounds to zero keeps its sign. The state is not modified.
+
+    >>> state = new_state()
+    >>> add_float(state, 1.0); add_float(state, 2.0**-24)
+    >>> round_to_float(state, 24, -126, 127)  # a tie in float32: to even
+    1.0
+    """
+    if state[NAN_COUNT] > 0 or (state[POS_INF_COUNT] > 0 and state[NEG_INF_COUNT] > 0):
+        return np.nan
+    if state[POS_INF_COUNT] > 0:
+        return np.inf
+    if state[NEG_INF_COUNT] > 0:
+        return -np.inf
+
+    digits = state[:NDIGITS].copy()
+    normalize(digits)
+    negative = digits[NDIGITS - 1] < 0
+    if negative:  # work on the magnitude
+        for k in range(NDIGITS):
+            digits[k] = -digits[k]
+        normalize(digits)
+
+    top = NDIGITS - 1
+    while top >= 0 and digits[top] == 0:
+        top -= 1
+    if top < 0:
+        return 0.0
+    if digits[top] >> DIGIT_BITS:  # only the top digit can be this wide: far beyond any format
+        return -np.inf if negative else np.inf
+    leading = LOW_EXPONENT + DIGIT_BITS * top + _bit_length(digits[top]) - 1  # value in [2**leading, 2**(leading+1))
+    if leading > max_exponent:
+        return -np.inf if negative else np.inf
+
+    # Weight of the last kept bit: p bits below the leading one, never finer than the subnormal step.
+    lowest = max(leading, min_exponent) - precision_bits + 1
+    significand = _bits_window(digits, lowest, precision_bits)
+    round_bit = _bits_window(digits, lowest - 1, 1)
+    if round_bit and (significand & 1 or _any_bit_below(digits, lowest - 1)):
+        significand += 1
+        if significand >> precision_bits and lowest + precision_bits > max_exponent:
+            return -np.inf if negative else np.inf
+
+    # significand * 2**lowest is a double; split the scaling so each factor is a normal power of two.
+    if lowest >= -1022:
+        magnitude = np.float64(significand) * _pow2(lowest)
+    else:
+        magnitude = (np.float64(significand) * _pow2(lowest + 64)) * _pow2(-64)
+    return -magnitude if negative else magnitude
+
+
+@njit(cache=True)
+def to_float64(state: np.ndarray) -> float:
+    """The exact sum correctly rounded to float64.
+
+    >>> state = new_state()
+    >>> add_float(state, 2.0**1023); add_float(state, 2.0**1023)
+    >>> to_float64(state)
+    inf
+    """
+    return round_to_float(state, 53, -1022, 1023)
+
+
+@njit(cache=True)
+def to_float32(state: np.ndarray) -> float:
+    """The exact sum correctly rounded to float32 (returned as the float64 holding that value).
+
+    >>> state = new_state()
+    >>> add_float(state, 0.1)
+    >>> to_float32(state) == float(np.float32(0.1))
+    True
+    """
+    return round_to_float(state, 24, -126, 127)
+
+
+@njit(cache=True)
+def to_float16(state: np.ndarray) -> float:
+    """The exact sum correctly rounded to float16 (returned as the float64 holding that value).
+
+    >>> state = new_state()
+    >>> add_float(state, 65520.0)  # halfway between float16's largest finite and 2**16: overflows
+    >>> to_float16(state)
+    inf
+    """
+    return round_to_float(state, 11, -14, 15)
+
+
+@njit(cache=True)
+def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
+    """Add the exact sum of ``buf[0:count]`` (float64) to the state; ``buf`` is used as scratch.
+
+    The fast path for blocks of terms: a vectorised integer maximum finds the largest magnitude, then
+    each level splits every term ``t`` on a power-of-two grid ``g`` into ``q * g + r`` with ``q`` an
+    integer below ``2**53`` (error-free: exact scaling, truncation and subtraction), sums the ``q``
+    in int64 (exact, so order is irrelevant), stores the remainders ``r`` back into ``buf`` and moves
+    to the grid of their maximum until nothing remains. Blocks holding NaN or infinities take the
+    scalar ``add_float`` path. On return ``buf[0:count]`` holds signed zeros (or is unchanged when
+    the block held a NaN or infinity). ``count`` has no upper limit; 1024 to 4096 is a good block.
+
+    >>> state = new_state()
+    >>> add_terms(state, np.array([0.1] * 10), 10)
+    >>> to_float64(state), sum([0.1] * 10)
+    (1.0, 0.9999999999999999)
+    """
+    largest = np.int64(0)
+    for i in range(count):
+        largest = max(largest, f64_as_i64(buf[i]) & _ABS_MASK)
+    if largest >= _EXPONENT_ALL_ONES:
+        for i in range(count):
+            add_float(state, buf[i])
+        return
+
+    while largest != 0:
+        # With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
+        # |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1: one exact level.
+        grid_exponent = max((largest >> 52) - 1075, -1074)
+        # 1/g can exceed the double range; two normal power-of-two factors scale exactly instead.
+        # (Scaling up never rounds; scaling down only rounds products below 1, which truncate to 0.)
+        half_inverse_exponent = -grid_exponent // 2  # both halves lie in [-486, 537]
+        inverse_first = _pow2(half_inverse_exponent)
+        inverse_second = _pow2(-grid_exponent - half_inverse_exponent)
+        grid = i64_as_f64(np.int64(1) << (grid_exponent + 1074)) if grid_exponent < -1022 else _pow2(grid_exponent)
+        largest = np.int64(0)
+        for start in range(0, count, SUM_CHUNK):
+            # A view indexed from 0 vectorises; indexing buf[start + i] does not (wraparound checks).
+            chunk = buf[start : min(start + SUM_CHUNK, count)]
+            partial = np.int64(0)
+            for i in range(chunk.size):
+                term = chunk[i]
+                quotient = np.int64((term * inverse_first) * inverse_second)
+                partial += quotient
+                remainder = term - np.float64(quotient) * grid
+                chunk[i] = remainder
+                largest = max(largest, f64_as_i64(remainder) & _ABS_MASK)
+            add_scaled_int(state, partial, grid_exponent)
