@@ -1,0 +1,25 @@
+"""klflow: OneFlow's ``nn.KLDivLoss`` on numba kernels, with OneFlow's global tensors over MPI.
+
+>>> import klflow as flow
+>>> loss = flow.nn.KLDivLoss(reduction="batchmean")
+>>> loss(flow.tensor([[-1.0, -0.5]]), flow.tensor([[0.25, 0.75]]))
+tensor(0.1462, dtype=klflow.float32)
+"""
+
+from klflow import env, sbp
+from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from klflow.device import device
+from klflow.distributed.placement import placement
+from klflow.dtypes import double, dtype, float, float16, float32, float64, half
+from klflow.printing import get_printoptions, set_printoptions
+from klflow.tensor import Size, Tensor, from_numpy, tensor
+
+from klflow import nn  # noqa: E402  (nn needs Tensor first)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Size", "Tensor", "device", "double", "dtype", "enable_grad", "env", "float", "float16",
+    "float32", "float64", "from_numpy", "get_printoptions", "half", "is_grad_enabled", "nn",
+    "no_grad", "placement", "sbp", "set_grad_enabled", "set_printoptions", "tensor",
+]

@@ -1,0 +1,145 @@
+"""Every MPI call klflow makes, and nothing else imports mpi4py.
+
+MPI starts on first use; a plain ``python script.py`` is a world of one. Array data moves only
+through mpi4py's buffer-based calls (``Allreduce``, ``Allgatherv``, ``Alltoallv``, …); pickled
+objects carry small metadata only (shapes, dtype names, error messages).
+
+Every call here is collective over ``COMM_WORLD``: ranks outside a tensor's placement take part
+with empty buffers, which keeps every rank in step (klflow programs are SPMD, like OneFlow's).
+:data:`collective_counts` counts the calls, so tests can check what an operation communicated.
+
+>>> from klflow.distributed import comm
+>>> comm.world_size() >= 1
+True
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Sequence
+
+import numpy as np
+
+collective_counts: collections.Counter[str] = collections.Counter()
+_world: Any = None
+
+
+def _comm() -> Any:
+    global _world
+    if _world is None:
+        from mpi4py import MPI
+
+        _world = MPI.COMM_WORLD
+    return _world
+
+
+def _mpi() -> Any:
+    from mpi4py import MPI
+
+    return MPI
+
+
+def rank() -> int:
+    """This process's rank in the job (0 without mpiexec)."""
+    return _comm().Get_rank()
+
+
+def world_size() -> int:
+    """Number of processes in the job (1 without mpiexec)."""
+    return _comm().Get_size()
+
+
+def reset_counts() -> None:
+    collective_counts.clear()
+
+
+def _count(name: str) -> None:
+    collective_counts[name] += 1
+
+
+# ----------------------------------------------------------------- metadata (pickled, small)
+def allgather_metadata(item: Any) -> list[Any]:
+    """Every rank's small metadata object (a tuple of shapes/names), in rank order."""
+    _count("allgather_metadata")
+    return _comm().allgather(item)
+
+
+def raise_together(problem: str | None, context: str) -> None:
+    """Raise the same ``ValueError`` on every rank if any rank found a problem.
+
+    Each rank passes ``None`` or a description of what it saw; all learn the union, so no rank
+    goes on into a collective that another rank has abandoned.
+    """
+    problems = allgather_metadata(problem)
+    found = [(r, p) for r, p in enumerate(problems) if p is not None]
+    if found:
+        details = "; ".join(f"rank {r}: {p}" for r, p in found)
+        raise ValueError(f"{context}: {details}")
+
+
+# ----------------------------------------------------------------- array data (buffers only)
+def _sum_dtype(dtype: np.dtype) -> np.dtype:
+    # MPI has no portable float16 sum: add half-precision data in float32 and round once after.
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    """The elementwise sum of every rank's ``values`` (same shape and dtype everywhere)."""
+    _count("allreduce")
+    send = np.ascontiguousarray(values, dtype=_sum_dtype(values.dtype))
+    recv = np.empty_like(send)
+    _comm().Allreduce(send, recv, op=_mpi().SUM)
+    return recv.astype(values.dtype, copy=False)
+
+
+def broadcast_from(values: np.ndarray | None, root: int, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """``root``'s array on every rank (others pass None or anything; ``shape``/``dtype`` known)."""
+    _count("broadcast")
+    buffer = (
+        np.ascontiguousarray(values, dtype=dtype)
+        if rank() == root
+        else np.empty(tuple(shape), dtype=dtype)
+    )
+    _comm().Bcast(buffer.view(np.uint8).reshape(-1), root=root)
+    return buffer
+
+
+def allgatherv(local: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Concatenation of every rank's flat ``local`` (rank r sends ``counts[r]`` elements)."""
+    _count("allgatherv")
+    itemsize = local.dtype.itemsize
+    send = np.ascontiguousarray(local).reshape(-1).view(np.uint8)
+    recv = np.empty(int(sum(counts)) * itemsize, dtype=np.uint8)
+    byte_counts = [c * itemsize for c in counts]
+    _comm().Allgatherv(send, [recv, (byte_counts, _displacements(byte_counts)), _mpi().BYTE])
+    return recv.view(local.dtype)
+
+
+def alltoallv(send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int]) -> np.ndarray:
+    """Personalised exchange: ``send`` holds consecutive blocks for ranks 0, 1, …"""
+    _count("alltoallv")
+    itemsize = send.dtype.itemsize
+    send_bytes = np.ascontiguousarray(send).reshape(-1).view(np.uint8)
+    sb = [c * itemsize for c in send_counts]
+    rb = [c * itemsize for c in recv_counts]
+    recv = np.empty(sum(rb), dtype=np.uint8)
+    byte = _mpi().BYTE
+    _comm().Alltoallv([send_bytes, (sb, _displacements(sb)), byte], [recv, (rb, _displacements(rb)), byte])
+    return recv.view(send.dtype)
+
+
+def reduce_scatterv(send: np.ndarray, recv_counts: Sequence[int]) -> np.ndarray:
+    """Sum every rank's ``send`` and give rank r its block of ``recv_counts[r]`` elements."""
+    _count("reduce_scatter")
+    work = np.ascontiguousarray(send, dtype=_sum_dtype(send.dtype)).reshape(-1)
+    recv = np.empty(recv_counts[rank()], dtype=work.dtype)
+    _comm().Reduce_scatter(work, recv, recvcounts=list(recv_counts), op=_mpi().SUM)
+    return recv.astype(send.dtype, copy=False)
+
+
+def _displacements(counts: Sequence[int]) -> list[int]:
+    out, total = [], 0
+    for c in counts:
+        out.append(total)
+        total += c
+    return out

@@ -1,0 +1,89 @@
+"""Placements: the device type and the ranks a global tensor lives on.
+
+>>> import klflow as flow
+>>> flow.placement("cpu", [0, 1])
+klflow.placement(type="cpu", ranks=[0, 1])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+_TYPES = ("cpu", "cuda")
+
+
+class placement:
+    """A frozen, hashable (type, ranks) pair; ranks are distinct, non-negative and kept in order."""
+
+    __slots__ = ("_type", "_ranks")
+
+    def __init__(self, type: str, ranks: Sequence[int] | Any) -> None:
+        if type not in _TYPES:
+            raise ValueError(f'placement type must be "cpu" or "cuda", got {type!r}')
+        try:
+            rank_list = list(ranks)
+        except TypeError:
+            raise TypeError(f"placement ranks must be a list of ints, got {ranks!r}") from None
+        if any(isinstance(r, (list, tuple)) for r in rank_list):
+            raise ValueError(
+                f"klflow supports one-dimensional placements only; got nested ranks {ranks!r}"
+            )
+        if not rank_list:
+            raise ValueError("a placement needs at least one rank")
+        for r in rank_list:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+                raise ValueError(f"placement ranks must be non-negative ints, got {r!r} in {ranks!r}")
+        if len(set(rank_list)) != len(rank_list):
+            raise ValueError(f"placement ranks must be distinct, got {ranks!r}")
+        object.__setattr__(self, "_type", type)
+        object.__setattr__(self, "_ranks", tuple(rank_list))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("placement is immutable")
+
+    @classmethod
+    def all(cls, type: str) -> placement:
+        """All ranks of the job, e.g. ``placement.all("cpu")``."""
+        from klflow.distributed import comm
+
+        return cls(type, range(comm.world_size()))
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def ranks(self) -> list[int]:
+        return list(self._ranks)
+
+    @property
+    def rank_tuple(self) -> tuple[int, ...]:
+        return self._ranks
+
+    @property
+    def hierarchy(self) -> tuple[int, ...]:
+        return (len(self._ranks),)
+
+    def index_of(self, rank: int) -> int | None:
+        """Position of ``rank`` in this placement, or None when it holds no component."""
+        try:
+            return self._ranks.index(rank)
+        except ValueError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._ranks)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, placement) and (self._type, self._ranks) == (other._type, other._ranks)
+
+    def __hash__(self) -> int:
+        return hash((self._type, self._ranks))
+
+    def __repr__(self) -> str:
+        return f'klflow.placement(type="{self._type}", ranks={list(self._ranks)})'
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple:
+        return (placement, (self._type, list(self._ranks)))

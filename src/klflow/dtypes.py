@@ -1,0 +1,69 @@
+"""klflow's floating dtypes.
+
+>>> import klflow as flow
+>>> flow.float32, flow.float32.itemsize
+(klflow.float32, 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=True)
+class dtype:
+    """A floating element type; compares, hashes and prints like ``oneflow.float32``."""
+
+    name: str
+    numpy: np.dtype
+
+    @property
+    def itemsize(self) -> int:
+        return self.numpy.itemsize
+
+    @property
+    def is_floating_point(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"klflow.{self.name}"
+
+    __str__ = __repr__
+
+
+float16 = dtype("float16", np.dtype(np.float16))
+float32 = dtype("float32", np.dtype(np.float32))
+float64 = dtype("float64", np.dtype(np.float64))
+half, float, double = float16, float32, float64  # OneFlow's aliases
+
+_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64)}
+
+
+def from_numpy_dtype(np_dtype: Any) -> dtype:
+    """The klflow dtype for a NumPy dtype; anything but float16/32/64 is a ``TypeError``."""
+    np_dtype = np.dtype(np_dtype)
+    try:
+        return _BY_NUMPY[np_dtype]
+    except KeyError:
+        raise TypeError(
+            f"klflow tensors hold floating-point data only (float16, float32, float64); "
+            f"got data of dtype {np_dtype.name}. Convert it first, e.g. with .astype('float32')."
+        ) from None
+
+
+def resolve(value: Any) -> dtype:
+    """Accept a klflow dtype, a NumPy dtype or its name; refuse the rest with a ``TypeError``."""
+    if isinstance(value, dtype):
+        return value
+    if value is None:
+        raise TypeError("dtype must be klflow.float16, klflow.float32 or klflow.float64, not None")
+    try:
+        np_dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(
+            f"dtype must be klflow.float16, klflow.float32 or klflow.float64; got {value!r}"
+        ) from None
+    return from_numpy_dtype(np_dtype)

@@ -1,0 +1,60 @@
+"""``klflow.env``: the job's rank and size, and the numba thread count per rank.
+
+>>> import klflow as flow
+>>> flow.env.get_rank(), flow.env.get_world_size()
+(0, 1)
+"""
+
+from __future__ import annotations
+
+import os
+
+from klflow.distributed import comm
+
+# Variables launchers set for the number of ranks sharing this node (MPICH/Hydra, Open MPI, Slurm).
+_LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+
+
+def get_rank() -> int:
+    """This process's rank in the job (0 when not launched by mpiexec)."""
+    return comm.rank()
+
+
+def get_world_size() -> int:
+    """Number of ranks in the job (1 when not launched by mpiexec)."""
+    return comm.world_size()
+
+
+def get_local_rank() -> int:
+    """This process's index among the ranks on its node, from the launcher's environment."""
+    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def ranks_on_this_node() -> int:
+    """How many ranks share this node, read from the launcher (1 when launched without one)."""
+    for name in _LOCAL_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    size = os.environ.get("PMI_SIZE", "")
+    return int(size) if size.isdigit() and int(size) > 0 else 1  # unknown: assume one node
+
+
+def default_thread_count() -> int:
+    """Cores available to this process divided by the ranks on the node, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // ranks_on_this_node())
+
+
+def configure_threads() -> int:
+    """Size numba's thread pool so that ranks × threads ≤ cores, unless NUMBA_NUM_THREADS is set."""
+    import numba
+
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return numba.get_num_threads()
+    threads = min(default_thread_count(), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads)
+    return threads

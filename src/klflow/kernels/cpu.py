@@ -1,0 +1,337 @@
+"""CPU kernels (numba ``@njit``, parallel) and their launchers.
+
+Tiers: the scalar math lives in :mod:`klflow.kernels.formula`; the ``_kernel`` functions here loop
+over flat contiguous arrays; the launcher functions at the bottom accept arrays of any shape and
+memory layout, pick the thread split and allocate outputs. No validation happens here.
+
+Every array enters as float32, float64 or float16; float16 travels as its uint16 bit pattern
+(numba has no CPU float16) and is widened to float64 on load. All arithmetic is float64, and the
+reduced modes add the float64 terms into an exact accumulator (:mod:`klflow.kernels.exact_sum`),
+so their value does not depend on the number of threads or on how the data was cut.
+
+>>> import numpy as np
+>>> x = np.array([-0.9021705, 0.08798598, 1.04686249], np.float32)
+>>> y = np.array([1.22386942, -0.89729659, 0.01615712], np.float32)
+>>> pointwise(x, y, log_target=False).round(4)
+array([ 1.3514,  0.    , -0.0836], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from klflow.kernels import exact_sum, formula
+from klflow.kernels.bits import f64_to_half_bits, half_bits_to_f32
+from klflow.kernels.fastmath import exp64, log64
+
+BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
+SERIAL_BELOW = 1 << 15  # elements under which a parallel launch costs more than it saves
+SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
+
+_jit = dict(cache=True, nogil=True)
+_inline = dict(inline="always", cache=True)
+
+kl_term = njit(**_inline)(formula.kl_term)
+kl_term_log_target = njit(**_inline)(formula.kl_term_log_target)
+input_grad = njit(**_inline)(formula.input_grad)
+input_grad_log_target = njit(**_inline)(formula.input_grad_log_target)
+target_grad = njit(**_inline)(formula.target_grad)
+target_grad_log_target = njit(**_inline)(formula.target_grad_log_target)
+
+
+# ------------------------------------------------------------------ loads and stores by dtype
+def widen(value):  # pragma: no cover - replaced by the overload inside compiled code
+    """An element as float64 (float16 arrives as its uint16 bits)."""
+    raise NotImplementedError
+
+
+@overload(widen, inline="always")
+def _widen(value):
+    if value == types.uint16:
+        return lambda value: np.float64(half_bits_to_f32(value))
+    return lambda value: np.float64(value)
+
+
+def narrow(template, value):  # pragma: no cover - replaced by the overload inside compiled code
+    """A float64 rounded once to the element type of ``template``'s array."""
+    raise NotImplementedError
+
+
+@overload(narrow, inline="always")
+def _narrow(template, value):
+    dtype = template.dtype
+    if dtype == types.uint16:
+        return lambda template, value: f64_to_half_bits(value)
+    if dtype == types.float32:
+        return lambda template, value: np.float32(value)
+    return lambda template, value: value
+
+
+@njit(**_inline)
+def _term(x, y, log_target):
+    if log_target:
+        return kl_term_log_target(x, y, exp64(y))
+    return kl_term(x, y, log64(y))
+
+
+@njit(**_inline)
+def _input_grad(y, log_target):
+    if log_target:
+        return input_grad_log_target(exp64(y))
+    return input_grad(y)
+
+
+@njit(**_inline)
+def _target_grad(x, y, log_target):
+    if log_target:
+        return target_grad_log_target(x, y, exp64(y))
+    return target_grad(x, log64(y))
+
+
+# ------------------------------------------------------------------ kernels (flat, contiguous)
+@njit(**_inline)
+def _fill_terms(x, y, log_target, buffer, count):
+    # Two loops instead of a branch per element, so each one vectorises.
+    if log_target:
+        for i in range(count):
+            buffer[i] = _term(widen(x[i]), widen(y[i]), True)
+    else:
+        for i in range(count):
+            buffer[i] = _term(widen(x[i]), widen(y[i]), False)
+
+
+@njit(**_inline)
+def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
+    if log_target:
+        for i in range(count):
+            yi = widen(y[i])
+            buffer[i] = _term(widen(x[i]), yi, True)
+            grad[i] = narrow(grad, coef * _input_grad(yi, True))
+    else:
+        for i in range(count):
+            yi = widen(y[i])
+            buffer[i] = _term(widen(x[i]), yi, False)
+            grad[i] = narrow(grad, coef * _input_grad(yi, False))
+
+
+@njit(**_inline)
+def _sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, state, buffer):
+    for start in range(lo, hi, BLOCK):
+        stop = min(start + BLOCK, hi)
+        count = stop - start
+        if with_grad:
+            _fill_terms_and_grad(
+                x[start:stop], y[start:stop], log_target, coef, grad[start:stop], buffer, count
+            )
+        else:
+            _fill_terms(x[start:stop], y[start:stop], log_target, buffer, count)
+        exact_sum.add_terms(state, buffer, count)
+
+
+@njit(parallel=True, **_jit)
+def _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
+    n = x.size
+    states = np.zeros((chunks, exact_sum.STATE_LEN), dtype=np.int64)
+    per_chunk = (n + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        buffer = np.empty(BLOCK, dtype=np.float64)
+        lo = min(chunk * per_chunk, n)
+        hi = min(lo + per_chunk, n)
+        _sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk], buffer)
+    total = states[0].copy()
+    for chunk in range(1, chunks):
+        exact_sum.merge(total, states[chunk])
+    return total
+
+
+@njit(**_jit)
+def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
+    state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
+    buffer = np.empty(BLOCK, dtype=np.float64)
+    _sum_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state, buffer)
+    return state
+
+
+@njit(parallel=True, **_jit)
+def _pointwise_kernel(x, y, log_target, out):
+    if log_target:
+        for i in prange(x.size):
+            out[i] = narrow(out, _term(widen(x[i]), widen(y[i]), True))
+    else:
+        for i in prange(x.size):
+            out[i] = narrow(out, _term(widen(x[i]), widen(y[i]), False))
+
+
+@njit(parallel=True, **_jit)
+def _input_grad_kernel(y, upstream, coef, log_target, out):
+    # ``upstream`` has one element (a reduced loss) or as many as ``y`` (reduction='none').
+    if upstream.size == 1:
+        scale = coef * widen(upstream[0])
+        for i in prange(y.size):
+            out[i] = narrow(out, scale * _input_grad(widen(y[i]), log_target))
+    else:
+        for i in prange(y.size):
+            out[i] = narrow(out, coef * widen(upstream[i]) * _input_grad(widen(y[i]), log_target))
+
+
+@njit(parallel=True, **_jit)
+def _target_grad_kernel(x, y, upstream, coef, log_target, out):
+    if upstream.size == 1:
+        scale = coef * widen(upstream[0])
+        for i in prange(y.size):
+            out[i] = narrow(out, scale * _target_grad(widen(x[i]), widen(y[i]), log_target))
+    else:
+        for i in prange(y.size):
+            out[i] = narrow(
+                out, coef * widen(upstream[i]) * _target_grad(widen(x[i]), widen(y[i]), log_target)
+            )
+
+
+# ------------------------------------------------------------------ layout handling
+def _kernel_view(a: np.ndarray) -> np.ndarray:
+    """A 1-D view in memory order, float16 as uint16 bits (numba has no CPU float16)."""
+    flat = a.reshape(-1, order="K") if a.ndim != 1 else a
+    return flat.view(np.uint16) if flat.dtype == np.float16 else flat
+
+
+def _same_memory_order(*arrays: np.ndarray) -> bool:
+    """True if every array is one dense block and element i of each flat view is the same index."""
+    first = arrays[0]
+    if first.flags.c_contiguous:
+        return all(a.flags.c_contiguous for a in arrays)
+    if first.flags.f_contiguous:
+        return all(a.flags.f_contiguous for a in arrays)
+    return False
+
+
+def _slabs(shape: tuple[int, ...], limit: int) -> Iterator[tuple]:
+    """Index tuples cutting ``shape`` into row-major pieces of at most ``limit`` elements."""
+    if not shape:
+        yield ()
+        return
+    inner = math.prod(shape[1:])
+    if inner <= limit or len(shape) == 1:
+        step = max(1, limit // max(inner, 1))
+        for start in range(0, shape[0], step):
+            yield (slice(start, start + step),)
+        return
+    for i in range(shape[0]):
+        for rest in _slabs(shape[1:], limit):
+            yield (i, *rest)
+
+
+def _staged(*arrays: np.ndarray) -> Iterator[tuple[tuple, list[np.ndarray]]]:
+    """Pieces of equally shaped arrays as contiguous flat copies, a bounded slab at a time."""
+    for index in _slabs(arrays[0].shape, SLAB_ELEMENTS):
+        yield index, [_kernel_view(np.ascontiguousarray(a[index])) for a in arrays]
+
+
+def _chunks_for(n: int) -> int:
+    return max(1, min(numba.get_num_threads() * 4, n // BLOCK))
+
+
+def _sum_flat(x, y, log_target, coef, grad, with_grad):
+    if x.size < SERIAL_BELOW:
+        return _sum_kernel_serial(x, y, log_target, coef, grad, with_grad)
+    return _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, _chunks_for(x.size))
+
+
+# ------------------------------------------------------------------ launchers (the backend API)
+def reduce_sum(
+    x: np.ndarray, y: np.ndarray, log_target: bool, grad_coef: float | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The exact-sum state of all loss elements; with ``grad_coef``, also d loss/d x × grad_coef,
+    written in the same pass (the fused forward+backward)."""
+    with_grad = grad_coef is not None
+    coef = float(grad_coef) if with_grad else 0.0
+    grad = np.empty_like(x) if with_grad else np.empty(0, dtype=x.dtype)
+    if x.size == 0:
+        return exact_sum.new_state(), grad if with_grad else None
+    if _same_memory_order(x, y, grad) if with_grad else _same_memory_order(x, y):
+        state = _sum_flat(
+            _kernel_view(x), _kernel_view(y), log_target, coef, _kernel_view(grad), with_grad
+        )
+        return state, grad if with_grad else None
+    state = exact_sum.new_state()
+    scratch = np.empty(0, dtype=_kernel_view(grad).dtype)
+    for index, (xs, ys) in _staged(x, y):
+        piece = np.empty(xs.size, dtype=scratch.dtype) if with_grad else scratch
+        exact_sum.merge(state, _sum_flat(xs, ys, log_target, coef, piece, with_grad))
+        if with_grad:
+            grad[index] = piece.view(grad.dtype).reshape(grad[index].shape)
+    return state, grad if with_grad else None
+
+
+def pointwise(x: np.ndarray, y: np.ndarray, log_target: bool) -> np.ndarray:
+    """Every loss element (``reduction='none'``), in the inputs' dtype and shape."""
+    if _same_memory_order(x, y):
+        out = np.empty_like(x)  # keeps the inputs' memory order
+        if x.size:
+            _pointwise_kernel(_kernel_view(x), _kernel_view(y), log_target, _kernel_view(out))
+        return out
+    out = np.empty(x.shape, dtype=x.dtype)
+    for index, (xs, ys) in _staged(x, y):
+        piece = np.empty_like(xs)
+        _pointwise_kernel(xs, ys, log_target, piece)
+        out[index] = piece.view(out.dtype).reshape(out[index].shape)
+    return out
+
+
+def _grad_launch(kernel, inputs: list[np.ndarray], upstream: float | np.ndarray, coef: float,
+                 log_target: bool) -> np.ndarray:
+    """Run a gradient kernel over ``inputs`` (x and/or y), shaped like the last of them.
+
+    ``upstream`` is one number (the gradient of a reduced loss) or an array shaped like the
+    inputs (``reduction='none'``); the kernel tells them apart by size.
+    """
+    like = inputs[-1]
+    per_element = isinstance(upstream, np.ndarray) and upstream.ndim > 0
+    if per_element:
+        inputs = [*inputs, upstream]
+        single = None
+    else:
+        single = np.array([float(upstream)])
+    if _same_memory_order(*inputs):
+        out = np.empty_like(like)
+        if like.size:
+            views = [_kernel_view(a) for a in inputs]
+            kernel(*views, *([] if per_element else [single]), coef, log_target, _kernel_view(out))
+        return out
+    out = np.empty(like.shape, dtype=like.dtype)
+    for index, views in _staged(*inputs):
+        piece = np.empty(views[0].size, dtype=views[0].dtype)
+        kernel(*views, *([] if per_element else [single]), coef, log_target, piece)
+        out[index] = piece.view(out.dtype).reshape(out[index].shape)
+    return out
+
+
+def input_grad_array(
+    y: np.ndarray, upstream: float | np.ndarray, coef: float, log_target: bool
+) -> np.ndarray:
+    """d loss/d x = coef × upstream × d element/d x; ``upstream`` is one value or y-shaped."""
+    return _grad_launch(_input_grad_kernel, [y], upstream, coef, log_target)
+
+
+def target_grad_array(
+    x: np.ndarray, y: np.ndarray, upstream: float | np.ndarray, coef: float, log_target: bool
+) -> np.ndarray:
+    """d loss/d y = coef × upstream × d element/d y; ``upstream`` is one value or y-shaped."""
+    return _grad_launch(_target_grad_kernel, [x, y], upstream, coef, log_target)
+
+
+def scale(values: np.ndarray, factor: float) -> np.ndarray:
+    """values × factor in float64, rounded once to the array's dtype (a new array)."""
+    out = values.astype(np.float64) * factor
+    return out.astype(values.dtype)
+
+
+
+def scalar_from_host(value: np.ndarray, device: object) -> np.ndarray:
+    """A reduced result (0-d host array) as this backend's array: on the CPU, itself."""
+    return value

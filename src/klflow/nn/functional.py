@@ -1,0 +1,89 @@
+"""``klflow.nn.functional``: the loss as a function, with all argument checking.
+
+>>> import klflow as flow
+>>> import klflow.nn.functional as F
+>>> F.kl_div([-0.9021705, 0.08798598, 1.04686249], [1.22386942, -0.89729659, 0.01615712],
+...          reduction="sum", log_target=True)
+tensor(5.7801, dtype=klflow.float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klflow.ops import kl_div as kl_div_op
+from klflow.tensor import Tensor, as_tensor_arg
+
+REDUCTIONS = ("none", "batchmean", "sum", "mean")
+
+
+def check_reduction(reduction: Any) -> str:
+    """Return ``reduction`` if it is one OneFlow accepts, else raise a ``ValueError`` listing them."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{reduction!r} is not a valid value for reduction; expected one of "
+            f"'none' | 'batchmean' | 'sum' | 'mean'"
+        )
+    return reduction
+
+
+def check_log_target(log_target: Any) -> bool:
+    if not isinstance(log_target, bool):
+        raise TypeError(f"log_target must be a bool, got {type(log_target).__name__} {log_target!r}")
+    return log_target
+
+
+def check_pair(input: Tensor, target: Tensor) -> None:
+    """Shapes, dtypes, devices and locality must agree (OneFlow does not broadcast or promote)."""
+    if input.is_global != target.is_global:
+        raise ValueError(
+            "input and target must both be local or both be global tensors; got input "
+            f"{'global' if input.is_global else 'local'} and target "
+            f"{'global' if target.is_global else 'local'}. Convert the local one with "
+            "to_global(placement, sbp)."
+        )
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(
+            f"input and target must have the same shape; got input shape {list(input.shape)} "
+            f"and target shape {list(target.shape)} (KLDivLoss does not broadcast)"
+        )
+    if input.dtype != target.dtype:
+        raise TypeError(
+            f"input and target must have the same dtype; got input {input.dtype} and target "
+            f"{target.dtype}. Convert one of them, e.g. target.to({input.dtype})."
+        )
+    if input.is_global:
+        if input.placement != target.placement:
+            raise ValueError(
+                f"input and target must have the same placement; got input {input.placement!r} "
+                f"and target {target.placement!r}"
+            )
+    elif input.device != target.device:
+        raise ValueError(
+            f"input and target must be on the same device; got input on {input.device} and "
+            f"target on {target.device}"
+        )
+
+
+def kl_div(
+    input: Tensor | Any,
+    target: Tensor | Any,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """OneFlow's Kullback–Leibler divergence loss (see :class:`klflow.nn.KLDivLoss`).
+
+    ``input`` holds log-probabilities; ``target`` probabilities (or log-probabilities with
+    ``log_target=True``). Both may be klflow tensors or array-likes of the same shape and dtype.
+    """
+    reduction = check_reduction(reduction)
+    log_target = check_log_target(log_target)
+    input = as_tensor_arg(input, "input")
+    target = as_tensor_arg(target, "target")
+    check_pair(input, target)
+    if reduction == "batchmean" and input.ndim == 0:
+        raise ValueError(
+            "reduction='batchmean' divides by the batch size input.shape[0], but the input is a "
+            "0-dim tensor with no batch dimension; use reduction='sum' or 'mean'"
+        )
+    return kl_div_op.kl_div(input, target, reduction, log_target)

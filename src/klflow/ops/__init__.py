@@ -1,0 +1,1 @@
+"""Dispatch: from validated tensors to the kernels of their device, with autograd recording."""

@@ -1,0 +1,507 @@
+"""The klflow ``Tensor``: a local array (host or CUDA) or this rank's component of a global tensor.
+
+>>> import klflow as flow
+>>> t = flow.tensor([1.0, 2.0, 3.0])
+>>> t.shape, t.dtype, t.device
+(klflow.Size([3]), klflow.float32, device(type='cpu'))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from klflow import dtypes
+from klflow.autograd import graph
+from klflow.device import CPU, device as Device
+
+if TYPE_CHECKING:
+    from klflow.distributed.placement import placement as Placement
+    from klflow.distributed.sbp import SbpParallel
+
+
+class Size(tuple):
+    """A tensor's shape: a tuple that prints as ``klflow.Size([2, 3])``."""
+
+    def numel(self) -> int:
+        return int(np.prod(self, dtype=np.int64)) if self else 1
+
+    def __repr__(self) -> str:
+        return f"klflow.Size({list(self)})"
+
+
+class Tensor:
+    """A multi-dimensional array of float16/32/64 with OneFlow's tensor API.
+
+    Build one with :func:`klflow.tensor` or :func:`klflow.from_numpy`. A *global* tensor (made by
+    :meth:`to_global`) also has a ``placement`` and an ``sbp`` and stands for the logical value
+    spread over the ranks of an MPI job; its methods that materialise data are collective.
+    """
+
+    __array_priority__ = 1000  # NumPy defers to klflow's operators, not the other way round
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        device: Device = CPU,
+        requires_grad: bool = False,
+        grad_fn: graph.Node | None = None,
+        global_info: Any = None,
+    ) -> None:
+        self._data = data  # numpy array (host) or CUDA device array: the local component
+        self._device = device
+        self._dtype = dtypes.from_numpy_dtype(data.dtype)
+        self._global = global_info
+        self.grad_fn = grad_fn
+        self.grad: Tensor | None = None
+        self._requires_grad = bool(requires_grad) or grad_fn is not None
+        if self._requires_grad and grad_fn is None:
+            _check_differentiable_leaf(self)
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def shape(self) -> Size:
+        return Size(self._global.shape if self._global is not None else self._data.shape)
+
+    def size(self, dim: int | None = None) -> Size | int:
+        shape = self.shape
+        if dim is None:
+            return shape
+        return shape[_normalize_dim(dim, len(shape))]
+
+    @property
+    def dtype(self) -> dtypes.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._device.type == "cuda"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    nelement = numel
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # ----------------------------------------------------------------- autograd
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if self.grad_fn is not None and not value:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables. If you want to use a "
+                "computed variable in a subgraph that doesn't require differentiation use "
+                "var_no_grad = var.detach()."
+            )
+        if value:
+            _check_differentiable_leaf(self)
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def detach(self) -> Tensor:
+        """A tensor sharing this one's data, cut from the graph (``requires_grad=False``)."""
+        out = Tensor(self._data, device=self._device, global_info=self._global)
+        out._exact = getattr(self, "_exact", None)
+        return out
+
+    def backward(
+        self, gradient: Tensor | Any | None = None, retain_graph: bool = False
+    ) -> None:
+        """Accumulate d(self)/d(leaf) × ``gradient`` into the ``.grad`` of every leaf.
+
+        ``gradient`` may be omitted for a one-element tensor (it is then 1; for a global
+        partial-sum scalar, a *logical* 1). Without ``retain_graph`` the graph is freed.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn"
+            )
+        if gradient is None:
+            if self.numel() != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs; this tensor has "
+                    f"shape {list(self.shape)}: pass gradient= with that shape"
+                )
+            seed = _ones_like(self)
+        else:
+            seed = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
+            seed = _match_gradient(self, seed)
+        graph.run_backward(self, seed, retain_graph)
+
+    def _accumulate_grad(self, grad: Tensor) -> None:
+        grad = grad.detach()
+        self.grad = grad if self.grad is None else accumulate(self.grad, grad)
+
+    # ----------------------------------------------------------------- data access
+    def numpy(self) -> np.ndarray:
+        """The value as a NumPy array (shares memory for a local CPU tensor; collective if global)."""
+        if self._global is not None:
+            from klflow.distributed import boxing
+
+            return boxing.materialize(self)
+        if self.is_cuda:
+            from klflow import cuda
+
+            return cuda.to_host(self._data)
+        return self._data
+
+    def item(self) -> float:
+        if self.numel() != 1:
+            raise RuntimeError(
+                f"a Tensor with {self.numel()} elements cannot be converted to Scalar"
+            )
+        return float(self.numpy().reshape(()))
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        values = self.numpy()
+        if dtype is not None:
+            values = values.astype(dtype, copy=False)
+        if copy:
+            values = values.copy()
+        return values
+
+    def __float__(self) -> float:
+        return self.item()
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if not self.is_cuda or self._global is not None:
+            raise AttributeError(
+                "__cuda_array_interface__ is only exported by local CUDA tensors"
+            )
+        return self._data.__cuda_array_interface__
+
+    # ----------------------------------------------------------------- conversion
+    def to(self, *args: Any, **kwargs: Any) -> Tensor:
+        """``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``; returns self if
+        nothing changes. Differentiable: the gradient flows back converted to this tensor's type."""
+        target_dtype, target_device = _parse_to_args(args, kwargs)
+        target_dtype = target_dtype or self._dtype
+        target_device = target_device or self._device
+        if target_dtype == self._dtype and target_device == self._device:
+            return self
+        if self._global is not None and target_device.type != self._device.type:
+            raise ValueError(
+                "a global tensor's device follows its placement; use "
+                "to_global(placement=klflow.placement('cuda', ranks)) to move it"
+            )
+        from klflow import conversion
+
+        return conversion.convert(self, target_dtype, target_device)
+
+    def half(self) -> Tensor:
+        return self.to(dtypes.float16)
+
+    def float(self) -> Tensor:
+        return self.to(dtypes.float32)
+
+    def double(self) -> Tensor:
+        return self.to(dtypes.float64)
+
+    def cpu(self) -> Tensor:
+        return self.to(CPU)
+
+    def cuda(self, device: int | str | Device | None = None) -> Tensor:
+        if device is None:
+            target = Device("cuda")
+        elif isinstance(device, int):
+            target = Device("cuda", device)
+        else:
+            target = Device(device)
+            if target.type != "cuda":
+                raise ValueError(f"cuda() expects a CUDA device, got {device!r}")
+        return self.to(target)
+
+    def zero_(self) -> Tensor:
+        """Fill with zeros in place (a gradient buffer, or a tensor that records no graph)."""
+        if self.requires_grad and graph.is_grad_enabled():
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        if self.is_cuda:
+            from klflow import cuda
+
+            cuda.fill_zeros(self._data)
+        else:
+            self._data[...] = 0
+        return self
+
+    # ----------------------------------------------------------------- global tensors
+    @property
+    def is_global(self) -> bool:
+        return self._global is not None
+
+    @property
+    def is_local(self) -> bool:
+        return self._global is None
+
+    @property
+    def placement(self) -> Placement:
+        if self._global is None:
+            raise RuntimeError("placement is only defined for global tensors; this one is local")
+        return self._global.placement
+
+    @property
+    def sbp(self) -> tuple[SbpParallel, ...]:
+        if self._global is None:
+            raise RuntimeError("sbp is only defined for global tensors; this one is local")
+        return self._global.sbp
+
+    def to_global(
+        self,
+        placement: Placement | None = None,
+        sbp: SbpParallel | Sequence[SbpParallel] | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """A local tensor as this rank's component of a global one, or a global tensor
+        redistributed to another placement/SBP (see ``docs/semantics.md``)."""
+        from klflow.distributed import api
+
+        return api.to_global(self, placement, sbp, **kwargs)
+
+    def to_local(self) -> Tensor:
+        """This rank's component of a global tensor (a local tensor is returned unchanged)."""
+        from klflow.distributed import api
+
+        return api.to_local(self)
+
+    def to_consistent(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise RuntimeError(
+            "Tensor.to_consistent() is no longer available; use Tensor.to_global() instead"
+        )
+
+    # ----------------------------------------------------------------- printing
+    def __repr__(self) -> str:
+        from klflow import printing
+
+        placement = sbp = None
+        if self._global is not None:
+            placement = repr(self._global.placement)
+            sbp = "(" + "".join(f"{s!r}," for s in self._global.sbp) + ")"
+        return printing.tensor_repr(
+            np.asarray(self.numpy()),
+            dtype_name=repr(self._dtype),
+            device=str(self._device) if self.is_cuda and self._global is None else None,
+            placement=placement,
+            sbp=sbp,
+            requires_grad=self.requires_grad and self.grad_fn is None,
+            grad_fn=self.grad_fn.name() if self.grad_fn is not None else None,
+        )
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        if self.numel() != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with {self.numel()} elements is ambiguous"
+            )
+        return bool(self.item())
+
+
+def _check_differentiable_leaf(t: Tensor) -> None:
+    if not t.dtype.is_floating_point:  # pragma: no cover - klflow holds floats only
+        raise RuntimeError("only floating-point tensors can require gradients")
+
+
+def _normalize_dim(dim: int, ndim: int) -> int:
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-max(ndim, 1)}, "
+            f"{max(ndim, 1) - 1}], but got {dim})"
+        )
+    return dim % max(ndim, 1)
+
+
+def _parse_to_args(args: tuple, kwargs: dict) -> tuple[dtypes.dtype | None, Device | None]:
+    target_dtype = kwargs.pop("dtype", None)
+    target_device = kwargs.pop("device", None)
+    kwargs.pop("copy", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    for arg in args:
+        if isinstance(arg, Tensor):
+            target_dtype, target_device = arg.dtype, arg.device
+        elif isinstance(arg, dtypes.dtype):
+            target_dtype = arg
+        elif isinstance(arg, (str, Device)):
+            target_device = arg
+        else:
+            raise TypeError(
+                f"to() expects a dtype, a device or a tensor; got {type(arg).__name__} {arg!r}"
+            )
+    if target_dtype is not None:
+        target_dtype = dtypes.resolve(target_dtype)
+    if target_device is not None:
+        target_device = Device(target_device)
+    return target_dtype, target_device
+
+
+# --------------------------------------------------------------------- construction
+def _host_array(data: Any, dtype: dtypes.dtype | None) -> np.ndarray:
+    """Turn scalars, nested lists and ``__array__`` objects into a host array of a float dtype."""
+    if isinstance(data, np.ndarray):
+        array = data
+    else:
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"cannot build a tensor from {type(data).__name__}: {err}") from None
+        if array.dtype == object:
+            raise TypeError(
+                f"cannot build a tensor from {type(data).__name__}: the nested sequences are "
+                f"ragged or hold non-numeric items"
+            )
+        if dtype is None and array.dtype == np.float64 and not _is_array_like(data):
+            array = array.astype(np.float32)  # Python floats default to float32, as in OneFlow
+    if dtype is not None:
+        if array.dtype.kind not in "fiub":
+            dtypes.from_numpy_dtype(array.dtype)  # raises the TypeError naming the dtype
+        return np.array(array, dtype=dtype.numpy, copy=True)
+    dtypes.from_numpy_dtype(array.dtype)  # integers, bools, complex: TypeError naming the dtype
+    return array
+
+
+def _is_array_like(data: Any) -> bool:
+    return hasattr(data, "__array__") or hasattr(data, "__array_interface__")
+
+
+def tensor(
+    data: Any,
+    dtype: dtypes.dtype | None = None,
+    device: str | Device | None = None,
+    requires_grad: bool = False,
+) -> Tensor:
+    """Build a tensor holding a copy of ``data``.
+
+    Python scalars and lists give float32; NumPy arrays keep their dtype; integer, bool and
+    complex data are refused with a ``TypeError`` unless ``dtype`` converts them.
+
+    >>> import klflow as flow
+    >>> flow.tensor([[1.0, 2.0]], dtype=flow.float64).shape
+    klflow.Size([1, 2])
+    """
+    target_device = Device(device) if device is not None else None
+    resolved = dtypes.resolve(dtype) if dtype is not None else None
+    if isinstance(data, Tensor):
+        source = data.detach()
+        out = source.to(dtype=resolved or source.dtype, device=target_device or source.device)
+        if out is source or out._data is data._data:
+            out = Tensor(_copy_data(out), device=out.device, global_info=out._global)
+        out.requires_grad = requires_grad
+        return out
+    if hasattr(data, "__cuda_array_interface__"):
+        from klflow import cuda
+
+        wrapped = cuda.wrap_interface(data)
+        out = Tensor(wrapped, device=cuda.device_of(wrapped)).to(
+            dtype=resolved, device=target_device
+        )
+        if out._data is wrapped:
+            out = Tensor(_copy_data(out), device=out.device)
+        out.requires_grad = requires_grad
+        return out
+    host = _host_array(data, resolved)
+    if host is data:
+        host = host.copy()
+    out = Tensor(host)
+    if target_device is not None and target_device.type != "cpu":
+        out = out.to(target_device)
+    out.requires_grad = requires_grad
+    return out
+
+
+def _copy_data(t: Tensor) -> Any:
+    if t.is_cuda:
+        from klflow import cuda
+
+        return cuda.copy(t._data)
+    return t._data.copy()
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``array`` (float16/32/64 only).
+
+    >>> import numpy as np, klflow as flow
+    >>> a = np.zeros(2, dtype=np.float64); t = flow.from_numpy(a); a[0] = 5.0
+    >>> t.tolist()
+    [5.0, 0.0]
+    """
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(array).__name__}")
+    dtypes.from_numpy_dtype(array.dtype)
+    return Tensor(array)
+
+
+def as_tensor_arg(value: Any, name: str) -> Tensor:
+    """Accept a klflow tensor or an array-like for a functional argument (no copy when possible)."""
+    if isinstance(value, Tensor):
+        return value
+    if hasattr(value, "__cuda_array_interface__"):
+        from klflow import cuda
+
+        wrapped = cuda.wrap_interface(value)
+        return Tensor(wrapped, device=cuda.device_of(wrapped))
+    try:
+        host = _host_array(value, None)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    return Tensor(host)
+
+
+def _ones_like(t: Tensor) -> Tensor:
+    from klflow import conversion
+
+    return conversion.gradient_seed(t)
+
+
+def _match_gradient(t: Tensor, gradient: Tensor) -> Tensor:
+    if tuple(gradient.shape) != tuple(t.shape):
+        raise RuntimeError(
+            f"Mismatch in shape: grad_output has a shape of {list(gradient.shape)} and output "
+            f"has a shape of {list(t.shape)}"
+        )
+    if gradient.is_global != t.is_global:
+        raise RuntimeError(
+            "gradient must be global exactly when the tensor is global "
+            f"(tensor is_global={t.is_global}, gradient is_global={gradient.is_global})"
+        )
+    if gradient.dtype != t.dtype or gradient.device != t.device:
+        gradient = gradient.to(dtype=t.dtype, device=t.device)
+    return gradient
+
+
+def accumulate(a: Tensor, b: Tensor) -> Tensor:
+    """a + b for gradients of the same shape (local arrays, or global tensors of one placement)."""
+    from klflow import conversion
+
+    return conversion.add(a, b)
