@@ -6,7 +6,7 @@
 tensor(0.1462, dtype=klflow.float32)
 """
 
-from klflow import env, sbp
+from klflow import cuda, env, sbp
 from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from klflow.device import device
 from klflow.distributed.placement import placement
