@@ -163,9 +163,9 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """The value as a NumPy array (shares memory for a local CPU tensor; collective if global)."""
         if self._global is not None:
-            from klflow.distributed import boxing
+            from klflow.distributed import api
 
-            return boxing.materialize(self)
+            return api.materialize(self)
         if self.is_cuda:
             from klflow import cuda
 

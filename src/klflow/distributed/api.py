@@ -289,3 +289,8 @@ def add(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"cannot add global tensors on {a.placement!r} and {b.placement!r}")
     b = box(b, a._global)
     return make_global(np.add(_host(a), _host(b)), a._global)
+
+
+def materialize(t: Tensor) -> np.ndarray:
+    """The logical value of a global tensor as a host array, on every rank (collective)."""
+    return boxing.logical_value(_host(t), t._global, getattr(t, "_exact", None))

@@ -196,7 +196,7 @@ def _target_grad_kernel(x, y, upstream, coef, log_target, out):
 # ------------------------------------------------------------------ layout handling
 def _kernel_view(a: np.ndarray) -> np.ndarray:
     """A 1-D view in memory order, float16 as uint16 bits (numba has no CPU float16)."""
-    flat = a.reshape(-1, order="K") if a.ndim != 1 else a
+    flat = a.ravel(order="K")  # a view for any dense C- or F-ordered array
     return flat.view(np.uint16) if flat.dtype == np.float16 else flat
 
 
