@@ -1,0 +1,1 @@
+"""The main job, ``python -m klflow check``: proves the global loss correct on any rank count."""

@@ -1,0 +1,208 @@
+"""The reduction-correctness job: the global loss in every layout against a float64 reference.
+
+Every rank builds the same seeded data, spreads it over the job in each configured SBP, computes
+every reduction × log_target × dtype (and the input gradient), and compares the materialised
+result with an independent float64 NumPy reference, and bit for bit with the single-process
+klflow value. Rank 0 prints the table; every rank exits non-zero on any mismatch.
+
+    mpiexec -n 4 python -m mpi4py -m klflow check --config configs/default.toml
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+import klflow as flow
+from klflow.check.config import CheckConfig
+from klflow.distributed.layout import balanced_offsets
+
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass
+class CaseResult:
+    dtype: str
+    input_sbp: str
+    target_sbp: str
+    reduction: str
+    log_target: bool
+    value: float | None
+    error: float
+    grad_error: float | None
+    same_bits: bool
+    passed: bool
+
+
+# ----------------------------------------------------------------- data and reference
+def make_data(cfg: CheckConfig, dtype: np.dtype, log_target: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded log-probabilities and targets; some probability targets are 0 or negative."""
+    rng = np.random.default_rng(cfg.seed)
+    shape = cfg.shape
+    logits = rng.standard_normal(shape) * 2.0
+    x = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+    target_logits = rng.standard_normal(shape) * 2.0
+    log_p = target_logits - np.log(np.sum(np.exp(target_logits), axis=-1, keepdims=True))
+    if log_target:
+        y = log_p
+    else:
+        y = np.exp(log_p)
+        masked = rng.random(shape) < cfg.zero_target_fraction
+        y[masked] = np.where(rng.random(int(masked.sum())) < 0.5, 0.0, -0.25)
+    return x.astype(dtype), y.astype(dtype)
+
+
+def reference(x: np.ndarray, y: np.ndarray, reduction: str, log_target: bool) -> tuple[Any, np.ndarray]:
+    """The float64 loss and input gradient, written independently of klflow's kernels."""
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    if log_target:
+        terms = np.exp(yd) * (yd - xd)
+        grad = -np.exp(yd)
+    else:
+        positive = yd > 0
+        safe = np.where(positive, yd, 1.0)
+        terms = np.where(positive, yd * (np.log(safe) - xd), 0.0)
+        grad = np.where(positive, -yd, 0.0)
+    if reduction == "none":
+        return terms, grad
+    total = math.fsum(terms.ravel().tolist())
+    divisor = {"sum": 1, "mean": terms.size, "batchmean": terms.shape[0]}[reduction]
+    return total / divisor, grad / divisor
+
+
+# ----------------------------------------------------------------- spreading over the ranks
+def spread(full: np.ndarray, sbp_name: str, requires_grad: bool) -> flow.Tensor:
+    """The same logical value as a global tensor in layout ``sbp_name`` over all ranks."""
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    placement = flow.placement.all("cpu")
+    if sbp_name.startswith("split"):
+        dim = int(sbp_name[6:-1])
+        offsets = balanced_offsets(full.shape[dim], size)
+        index = [slice(None)] * full.ndim
+        index[dim] = slice(offsets[rank], offsets[rank + 1])
+        local, sbp = full[tuple(index)].copy(), flow.sbp.split(dim)
+    elif sbp_name == "broadcast":
+        local, sbp = full.copy(), flow.sbp.broadcast
+    else:
+        # Components that add up exactly: a short-mantissa head on rank 0, its remainder on rank 1.
+        mantissa, exponent = np.frexp(full.astype(np.float64))
+        head = np.ldexp(np.round(mantissa * 64.0) / 64.0, exponent).astype(full.dtype)
+        tail = (full - head).astype(full.dtype)
+        if size == 1:
+            local = full.copy()
+        else:
+            local = head if rank == 0 else tail if rank == 1 else np.zeros_like(full)
+        sbp = flow.sbp.partial_sum
+    tensor = flow.from_numpy(local).to_global(placement, sbp)
+    tensor.requires_grad = requires_grad
+    return tensor
+
+
+def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    got64 = np.asarray(got, dtype=np.float64)
+    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, np.finfo(np.float64).tiny)
+    if got64.shape != np.shape(ref):
+        return math.inf
+    with np.errstate(invalid="ignore"):
+        error = float(np.max(np.abs(got64 - ref))) / scale if ref.size else 0.0
+    return error if not math.isnan(error) else math.inf
+
+
+def _ones_gradient(out: flow.Tensor) -> flow.Tensor:
+    local_shape = tuple(out.to_local().shape)
+    ones = np.ones(local_shape, dtype=out.dtype.numpy)
+    return flow.from_numpy(ones).to_global(out.placement, out.sbp)
+
+
+def run_case(cfg: CheckConfig, dtype_name: str, input_sbp: str, target_sbp: str,
+             reduction: str, log_target: bool) -> CaseResult:
+    dtype = np.dtype(dtype_name)
+    x_full, y_full = make_data(cfg, dtype, log_target)
+    ref_value, ref_grad = reference(x_full, y_full, reduction, log_target)
+    x = spread(x_full, input_sbp, cfg.backward)
+    y = spread(y_full, target_sbp, False)
+    out = flow.nn.functional.kl_div(x, y, reduction=reduction, log_target=log_target)
+    got = out.numpy()
+    error = _relative_error(got, np.asarray(ref_value))
+    single = flow.nn.functional.kl_div(
+        flow.from_numpy(x_full), flow.from_numpy(y_full), reduction=reduction, log_target=log_target
+    ).numpy()
+    same_bits = got.shape == single.shape and got.tobytes() == single.tobytes()
+    grad_error = None
+    if cfg.backward:
+        out.backward(None if reduction != "none" else _ones_gradient(out))
+        grad_error = _relative_error(x.grad.numpy(), ref_grad)
+    tolerance = cfg.tolerances[dtype_name]
+    passed = error <= tolerance and (grad_error is None or grad_error <= tolerance)
+    if cfg.bitwise:
+        passed = passed and same_bits
+    value = float(got) if reduction != "none" else None
+    return CaseResult(dtype_name, input_sbp, target_sbp, reduction, log_target, value, error,
+                      grad_error, same_bits, passed)
+
+
+def cases(cfg: CheckConfig) -> list[tuple[str, str, str, str, bool]]:
+    pairs = [(s, s) for s in cfg.sbps]
+    if cfg.mixed_sbp and len(cfg.sbps) > 1:
+        pairs += [(s, cfg.sbps[(i + 1) % len(cfg.sbps)]) for i, s in enumerate(cfg.sbps)]
+    return [
+        (dtype, a, b, reduction, log_target)
+        for dtype, (a, b), reduction, log_target in itertools.product(
+            cfg.dtypes, pairs, cfg.reductions, cfg.log_target
+        )
+    ]
+
+
+def _short(sbp_name: str) -> str:
+    return {"broadcast": "B", "partial_sum": "P"}.get(sbp_name, sbp_name.replace("split", "S"))
+
+
+def format_row(r: CaseResult) -> str:
+    value = f"{r.value:.9e}" if r.value is not None else "(elementwise)"
+    grad = f"{r.grad_error:.1e}" if r.grad_error is not None else "-"
+    return (
+        f"{r.dtype:<8} {_short(r.input_sbp):<6} {_short(r.target_sbp):<6} {r.reduction:<9} "
+        f"{str(r.log_target):<6} {value:>16} {r.error:>9.1e} {grad:>9} "
+        f"{'yes' if r.same_bits else 'NO':>9} {'ok' if r.passed else 'FAIL':>6}"
+    )
+
+
+HEADER = (
+    f"{'dtype':<8} {'input':<6} {'target':<6} {'reduction':<9} {'log_t':<6} {'value':>16} "
+    f"{'rel.err':>9} {'grad.err':>9} {'same bits':>9} {'status':>6}"
+)
+
+
+def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stderr) -> int:
+    """Run every case; return 0 if all pass, 1 otherwise (the same on every rank)."""
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    todo = cases(cfg)
+    say = (lambda text, stream=out: print(text, file=stream, flush=True)) if rank == 0 else (lambda *a, **k: None)
+    say(
+        f"klflow check: {size} rank(s), shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases, "
+        f"tolerances {cfg.tolerances}, bitwise={cfg.bitwise}"
+    )
+    say(HEADER)
+    results = []
+    started = last_progress = time.monotonic()
+    for number, case in enumerate(todo, 1):
+        result = run_case(cfg, *case)
+        results.append(result)
+        say(format_row(result))
+        now = time.monotonic()
+        if now - last_progress > PROGRESS_EVERY_S and number < len(todo):
+            say(f"  ... {number}/{len(todo)} cases, {now - started:.1f} s", progress)
+            last_progress = now
+    failed = [r for r in results if not r.passed]
+    say(f"{len(results) - len(failed)}/{len(results)} cases passed in {time.monotonic() - started:.1f} s on {size} rank(s)")
+    if failed:
+        say(f"FAILED: {len(failed)} case(s) outside tolerance or not bitwise identical:")
+        for r in failed:
+            say("  " + format_row(r))
+    return 1 if failed else 0
