@@ -6,7 +6,7 @@ Inputs arrive validated (see :mod:`klflow.nn.functional`). Global inputs go to
 >>> import klflow as flow
 >>> x = flow.tensor([0.5, 1.0]); y = flow.tensor([0.25, 0.75])
 >>> kl_div(x, y, "mean", False)
-tensor(-0.5874, dtype=klflow.float32)
+tensor(-0.7187, dtype=klflow.float32)
 """
 
 from __future__ import annotations
