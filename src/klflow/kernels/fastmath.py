@@ -5,6 +5,9 @@ vectorised. The functions here use only bit manipulation, polynomials and select
 auto-vectorises loops that call them. They are accurate to within one ulp over the whole domain and
 return the IEEE results for zeros, infinities, NaN and subnormals.
 
+``log64``/``exp64`` take and return float64; ``log32``/``exp32`` do the same in float32 arithmetic,
+which fits twice as many lanes in a vector register.
+
 >>> import numpy as np
 >>> from numba import njit
 >>> @njit
@@ -24,9 +27,12 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from klflow.kernels.bits import f64_as_i64, i64_as_f64
+from klflow.kernels.bits import f32_as_i32, f64_as_i64, i32_as_f32, i64_as_f64
 
-__all__ = ["exp64", "log64"]
+__all__ = ["exp32", "exp64", "log32", "log64"]
+
+
+_FLOAT_TYPES = {types.float32: ir.FloatType(), types.float64: ir.DoubleType()}
 
 
 @intrinsic
@@ -36,16 +42,16 @@ def _mul_add(typingctx, a, b, c):
     Numba never contracts ``a * b + c`` by itself (that needs ``fastmath``, which would also
     break the special-value handling), and every error bound below holds fused or not.
     """
-    if not (a == types.float64 and b == types.float64 and c == types.float64):
+    if a not in _FLOAT_TYPES or not a == b == c:
         return None
+    llvm_type = _FLOAT_TYPES[a]
 
     def codegen(context, builder, signature, args):
-        double = ir.DoubleType()
-        signature_type = ir.FunctionType(double, [double, double, double])
-        fmuladd = builder.module.declare_intrinsic("llvm.fmuladd", [double], signature_type)
+        signature_type = ir.FunctionType(llvm_type, [llvm_type] * 3)
+        fmuladd = builder.module.declare_intrinsic("llvm.fmuladd", [llvm_type], signature_type)
         return builder.call(fmuladd, args)
 
-    return types.float64(types.float64, types.float64, types.float64), codegen
+    return a(a, a, a), codegen
 
 
 @intrinsic
@@ -55,13 +61,13 @@ def _divide(typingctx, numerator, denominator):
     Numba's ``/`` under its default error model tests for a zero divisor and raises, and that
     branch alone stops the loop vectorising.
     """
-    if not (numerator == types.float64 and denominator == types.float64):
+    if numerator not in _FLOAT_TYPES or numerator != denominator:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.fdiv(args[0], args[1])
 
-    return types.float64(types.float64, types.float64), codegen
+    return numerator(numerator, numerator), codegen
 
 
 # --- shared float64 constants -------------------------------------------------------------------
@@ -195,3 +201,100 @@ def exp64(x: float) -> float:
     first_bits = (biased >> 1) << _MANTISSA_BITS
     second_bits = (biased << _MANTISSA_BITS) - first_bits
     return mantissa * i64_as_f64(first_bits) * i64_as_f64(second_bits)
+
+
+# --- float32 -------------------------------------------------------------------------------------
+# The same algorithms in float32 arithmetic (16 lanes per AVX-512 register instead of 8), with
+# shorter polynomials. Constants are np.float32/np.int32 so that numba keeps the arithmetic in
+# float32; numba widens int32 arithmetic to int64, so integer results are cast back to int32
+# (LLVM then narrows the operations again).
+
+_F32_EXPONENT_BIAS = 127
+_F32_MANTISSA_BITS = 23
+_F32_MANTISSA_MASK = 0x007FFFFF
+_F32_POSITIVE_INF_BITS = 0x7F800000
+_F32_SMALLEST_NORMAL_BITS = 0x00800000
+_F32_ONE_BITS = 0x3F800000
+_F32_SQRT_HALF_BITS = 0x3F3504F3
+_F32_INF = np.float32(np.inf)
+_F32_NAN = np.float32(np.nan)
+_F32_ZERO = np.float32(0.0)
+_F32_HALF = np.float32(0.5)
+_F32_ONE = np.float32(1.0)
+_F32_TWO = np.float32(2.0)
+_F32_TWO_23 = np.float32(8388608.0)
+_F32_SUBNORMAL_EXPONENT_OFFSET = np.float32(23.0)
+
+# ln 2 with its low 9 bits zero, so that k * _F32_LN2_HI is exact for |k| < 2**9.
+_F32_LN2_HI = np.float32(0.693145751953125)  # 0x3F317200
+_F32_LN2_LO = np.float32(1.4286068203094173e-06)  # ln 2 - _F32_LN2_HI, 0x35BFBE8E
+
+# Minimax fit of (log((1+s)/(1-s)) - 2s) / s**3 = L1 + L2*s**2 + L3*s**4 for |s| < 0.1716, weighted
+# by s**2 (the term's share of the result): |error| < 2**-29.1.
+_F32_LG1 = np.float32(0.6666678190231323)
+_F32_LG2 = np.float32(0.3997706472873688)
+_F32_LG3 = np.float32(0.2988561689853668)
+
+
+@njit(inline="always", cache=True)
+def log32(x: np.float32) -> np.float32:
+    """Natural logarithm of a float32, within one float32 ulp; same method as ``log64``."""
+    bits = f32_as_i32(x)
+    is_small = bits < _F32_SMALLEST_NORMAL_BITS
+    scaled = x * _F32_TWO_23 if is_small else x
+    shifted = np.int32(f32_as_i32(scaled) + (_F32_ONE_BITS - _F32_SQRT_HALF_BITS))
+    dk = np.float32(np.int32((shifted >> _F32_MANTISSA_BITS) - _F32_EXPONENT_BIAS))
+    dk = dk - _F32_SUBNORMAL_EXPONENT_OFFSET if is_small else dk
+    m = i32_as_f32(np.int32((shifted & _F32_MANTISSA_MASK) + _F32_SQRT_HALF_BITS))
+
+    f = m - _F32_ONE
+    half_f_squared = _F32_HALF * f * f
+    s = _divide(f, _F32_TWO + f)
+    z = s * s
+    p = _mul_add(z, _mul_add(z, _F32_LG3, _F32_LG2), _F32_LG1)
+    small_terms = _mul_add(s, _mul_add(z, p, half_f_squared), dk * _F32_LN2_LO)
+    result = _mul_add(dk, _F32_LN2_HI, f - (half_f_squared - small_terms))
+
+    result = x + x if bits >= _F32_POSITIVE_INF_BITS else result
+    result = _F32_NAN if bits < 0 else result
+    return -_F32_INF if x == _F32_ZERO else result
+
+
+_F32_INV_LN2 = np.float32(1.4426950408889634)
+# 1.5 * 2**23 + 2 * bias: leaves k + 254 (in [104, 382]) in the low bits, as in exp64.
+_F32_ROUND_SHIFTER = np.float32(12582912.0 + 2 * _F32_EXPONENT_BIAS)
+_F32_EXP_CLAMP_HIGH = np.float32(89.0)
+_F32_EXP_CLAMP_LOW = np.float32(-104.0)
+
+# Minimax fit of (e**r - 1 - r) / r**2 on |r| <= 0.3466, weighted for relative error of e**r:
+# |error| < 2**-28.3.
+_F32_EXP_C0 = np.float32(0.4999999403953552)
+_F32_EXP_C1 = np.float32(0.1666652113199234)
+_F32_EXP_C2 = np.float32(0.04166838899254799)
+_F32_EXP_C3 = np.float32(0.008368715643882751)
+_F32_EXP_C4 = np.float32(0.0013814602280035615)
+
+
+@njit(inline="always", cache=True)
+def exp32(x: np.float32) -> np.float32:
+    """e**x for a float32, within one float32 ulp; same method as ``exp64``."""
+    clamped = _F32_EXP_CLAMP_HIGH if x > _F32_EXP_CLAMP_HIGH else x
+    clamped = _F32_EXP_CLAMP_LOW if clamped < _F32_EXP_CLAMP_LOW else clamped
+    shifted = clamped * _F32_INV_LN2 + _F32_ROUND_SHIFTER
+    dk = shifted - _F32_ROUND_SHIFTER
+    r_hi = clamped - dk * _F32_LN2_HI  # exact
+    r_lo = dk * _F32_LN2_LO
+    r = r_hi - r_lo
+
+    c = _mul_add(r, _F32_EXP_C4, _F32_EXP_C3)
+    c = _mul_add(r, c, _F32_EXP_C2)
+    c = _mul_add(r, c, _F32_EXP_C1)
+    c = _mul_add(r, c, _F32_EXP_C0)
+    head = _F32_ONE + r_hi
+    tail = ((_F32_ONE - head) + r_hi) - r_lo
+    mantissa = head + _mul_add(r * r, c, tail)
+
+    biased = f32_as_i32(shifted)
+    first_bits = np.int32((biased >> 1) << _F32_MANTISSA_BITS)
+    second_bits = np.int32((biased << _F32_MANTISSA_BITS) - first_bits)
+    return mantissa * i32_as_f32(first_bits) * i32_as_f32(second_bits)
