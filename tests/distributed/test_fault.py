@@ -1,0 +1,80 @@
+"""A job launched as the README says ends non-zero, not hung, when one rank raises or dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+HANG_GUARD_S = 180  # far beyond a healthy run's few seconds; only a hang reaches it
+
+pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec from the mpich wheel is missing")
+
+PRELUDE = """
+import os, sys
+import numpy as np
+import klflow as flow
+rank = flow.env.get_rank()
+x = flow.from_numpy(np.ones((4, 2), np.float32)).to_global(flow.placement.all("cpu"), flow.sbp.split(0))
+"""
+
+
+def _run_job(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "job.py"
+    script.write_text(PRELUDE + textwrap.dedent(body))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen(
+        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the job hung instead of ending when one rank failed")
+    return subprocess.CompletedProcess(process.args, process.returncode, out)
+
+
+def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
+    result = _run_job(tmp_path, """
+        if rank == 1:
+            raise RuntimeError("rank 1 gives up")
+        x.numpy()          # rank 0 waits in a collective rank 1 never joins
+        print("rank 0 finished")
+    """)
+    assert result.returncode != 0, result.stdout
+    assert "rank 1 gives up" in result.stdout
+    assert "rank 0 finished" not in result.stdout
+
+
+def test_a_rank_that_dies_ends_the_whole_job(tmp_path):
+    result = _run_job(tmp_path, """
+        if rank == 1:
+            os._exit(3)    # no Python cleanup, no MPI_Finalize
+        x.numpy()
+        print("rank 0 finished")
+    """)
+    assert result.returncode != 0, result.stdout
+    assert "rank 0 finished" not in result.stdout
+
+
+def test_validation_errors_end_every_rank_with_the_same_message(tmp_path):
+    result = _run_job(tmp_path, """
+        local = flow.from_numpy(np.zeros((3 if rank else 1, 2), np.float32))
+        try:
+            local.to_global(flow.placement.all("cpu"), flow.sbp.split(0))
+        except ValueError as err:
+            print(f"rank {rank} caught: {err}")
+            sys.exit(5)
+    """)
+    assert result.returncode != 0
+    lines = [line for line in result.stdout.splitlines() if "caught:" in line]
+    assert len(lines) == 2, result.stdout
+    assert lines[0].split("caught: ")[1] == lines[1].split("caught: ")[1]
