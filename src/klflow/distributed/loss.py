@@ -28,8 +28,9 @@ from klflow.distributed import sbp as sbp_module
 from klflow.distributed.api import box, gradient_spec, make_global, spmd_checks_enabled
 from klflow.distributed.layout import GlobalSpec
 from klflow.kernels import exact_sum
-from klflow.ops.kl_div import kl_div_local
-from klflow.ops.reduction import finish_reduction, reduction_divisor
+from klflow.kernels import cpu as cpu_kernels
+from klflow.ops.kl_div import backend_for, kl_div_local
+from klflow.ops.reduction import reduction_divisor
 from klflow.tensor import Tensor
 
 
@@ -45,7 +46,7 @@ class ExactPartial:
         local = self.state.copy()
         exact_sum.normalize(local)  # digits below 2**32: a sum over any rank count cannot overflow
         total = comm.allreduce_sum(local)
-        return finish_reduction(total, self.divisor, self.dtype)
+        return cpu_kernels.finish(total, self.divisor, self.dtype.numpy)
 
 
 class GlobalLossNode(graph.Node):
@@ -120,7 +121,8 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
         )
         local_node = result.grad_fn
         if reduction != "none" and scalar_sbp.is_partial_sum:
-            exact = ExactPartial(state, reduction_divisor(reduction, spec.shape), input.dtype)
+            exact = ExactPartial(backend_for(input).exact_state(state),
+                                 reduction_divisor(reduction, spec.shape), input.dtype)
         out = Tensor(result._data, device=result.device, global_info=out_spec)
         out._exact = exact
     if record:

@@ -332,6 +332,22 @@ def scale(values: np.ndarray, factor: float) -> np.ndarray:
 
 
 
-def scalar_from_host(value: np.ndarray, device: object) -> np.ndarray:
-    """A reduced result (0-d host array) as this backend's array: on the CPU, itself."""
-    return value
+def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
+    """The exact sum rounded once to ``dtype``, or divided by ``divisor``: a 0-d array.
+
+    A plain sum is rounded straight from the exact state (correctly rounded in any dtype); a
+    quotient divides the correctly rounded float64 sum in float64 and rounds that to ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    if divisor == 1:
+        rounders = {np.float32: exact_sum.to_float32, np.float16: exact_sum.to_float16}
+        value = rounders.get(dtype.type, exact_sum.to_float64)(state)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.float64(exact_sum.to_float64(state)) / np.float64(divisor)
+    return np.array(value, dtype=dtype)
+
+
+def exact_state(state: np.ndarray) -> np.ndarray:
+    """The exact-sum state of a reduction (on the CPU the partial already is one)."""
+    return state

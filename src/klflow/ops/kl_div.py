@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from klflow.autograd import graph
-from klflow.ops.reduction import finish_reduction, grad_name, reduction_divisor
+from klflow.ops.reduction import grad_name, reduction_divisor
 from klflow.tensor import Tensor
 
 def backend_for(t: Tensor) -> Any:
@@ -91,7 +91,8 @@ def kl_div_local(
     log_target: bool,
     divisor_shape: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, np.ndarray | None]:
-    """The loss of local tensors. Returns the output and, for reduced modes, the exact state.
+    """The loss of local tensors. Returns the output and, for reduced modes, the backend's partial
+    sum (an exact-sum state on the CPU; ``backend.exact_state`` turns any partial into one).
 
     ``divisor_shape`` is the logical shape used for ``mean``/``batchmean`` (a global tensor's
     component divides by the whole tensor's numel or batch size).
@@ -112,8 +113,7 @@ def kl_div_local(
         state, fused = backend.reduce_sum(
             input._data, target._data, log_target, coef if want_fused else None
         )
-        value = finish_reduction(state, divisor, input.dtype)
-        out = Tensor(backend.scalar_from_host(value, input.device), device=input.device)
+        out = Tensor(backend.finish(state, divisor, input.dtype.numpy), device=input.device)
     if record:
         out.grad_fn = KlDivBackward(
             input, target, reduction, log_target, coef, fused,

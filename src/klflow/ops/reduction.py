@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from klflow import dtypes
-from klflow.kernels import exact_sum
-
 # OneFlow builds each reduction from a primitive op; its grad_fn is named after the last one.
 _OP_NAMES = {"none": "kl_div_loss", "sum": "reduce_sum", "mean": "scalar_mul", "batchmean": "scalar_mul"}
 
@@ -34,18 +31,3 @@ def grad_name(reduction: str, shape: tuple[int, ...]) -> str:
     if reduction == "mean" and int(np.prod(shape, dtype=np.int64)) <= 1:
         return "reduce_sum"  # OneFlow skips the multiply by 1/numel when numel is 0 or 1
     return _OP_NAMES[reduction]
-
-
-def finish_reduction(state: np.ndarray, divisor: int, dtype: dtypes.dtype) -> np.ndarray:
-    """The exact sum rounded to ``dtype`` (once), or divided by ``divisor``: a 0-d host array."""
-    if divisor == 1:
-        if dtype == dtypes.float32:
-            value = exact_sum.to_float32(state)
-        elif dtype == dtypes.float16:
-            value = exact_sum.to_float16(state)
-        else:
-            value = exact_sum.to_float64(state)
-    else:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.float64(exact_sum.to_float64(state)) / np.float64(divisor)
-    return np.array(value, dtype=dtype.numpy)

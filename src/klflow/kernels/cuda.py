@@ -1,0 +1,321 @@
+"""CUDA kernels (numba ``@cuda.jit``) and their launchers: the GPU twin of :mod:`klflow.kernels.cpu`.
+
+The loss's math comes from the same scalar functions in :mod:`klflow.kernels.formula`, compiled
+here as device functions. float16 and float32 inputs are computed in float32 (the GPU's fast
+``logf``/``expf``), float64 in float64; every reduction accumulates in float64.
+
+Reductions are deterministic: each thread adds its grid-stride elements in a fixed order, each
+block combines its threads with a fixed tree in shared memory, and one final block combines the
+block partials in a fixed order — no floating-point atomics, so the same input on the same GPU
+gives the same bits on every run. (The CPU path is exact; this one is deterministic.)
+
+Launch sizes come from the device: a power-of-two block (256 by default) and enough blocks to
+fill every multiprocessor, capped by the work. ``KLFLOW_CUDA_BLOCK`` (or :func:`set_block_size`)
+overrides the block size; the tests use tiny blocks under the simulator so that multi-block and
+tail paths run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from klflow.kernels import formula
+
+MAX_BLOCK = 1024  # shared-memory size of the block reduction; blocks never exceed it
+_block_override: int | None = None
+
+
+def set_block_size(size: int | None) -> None:
+    """Force a block size (a power of two ≤ 1024), or ``None`` for the device's default."""
+    global _block_override
+    if size is not None and (size < 1 or size > MAX_BLOCK or size & (size - 1)):
+        raise ValueError(f"a CUDA block size must be a power of two in [1, {MAX_BLOCK}], got {size}")
+    _block_override = size
+
+
+def _cuda() -> Any:
+    from klflow import cuda as klflow_cuda
+
+    return klflow_cuda._cuda()
+
+
+def launch_config(n: int) -> tuple[int, int]:
+    """(blocks, threads per block) for ``n`` elements on the current device."""
+    cuda = _cuda()
+    device = cuda.get_current_device()
+    env_block = os.environ.get("KLFLOW_CUDA_BLOCK")
+    block = _block_override or (int(env_block) if env_block else 256)
+    block = min(block, getattr(device, "MAX_THREADS_PER_BLOCK", MAX_BLOCK), MAX_BLOCK)
+    sms = getattr(device, "MULTIPROCESSOR_COUNT", 1)
+    per_sm = max(1, getattr(device, "MAX_THREADS_PER_MULTIPROCESSOR", 2 * block) // block)
+    blocks = max(1, min(sms * per_sm, -(-n // block)))
+    return blocks, block
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> Any:
+    """Compile the device functions and kernels on first use (so importing needs no GPU)."""
+    cuda = _cuda()
+    device = functools.partial(cuda.jit, device=True, inline=True)
+    kl_term = device(formula.kl_term)
+    kl_term_log_target = device(formula.kl_term_log_target)
+    input_grad = device(formula.input_grad)
+    input_grad_log_target = device(formula.input_grad_log_target)
+    target_grad = device(formula.target_grad)
+    target_grad_log_target = device(formula.target_grad_log_target)
+    f32_one = np.float32(1.0)
+
+    @device
+    def term(x, y, log_target):
+        # x * float32(1) keeps float32 (and widens float16 to float32); float64 stays float64.
+        xi = x * f32_one
+        yi = y * f32_one
+        if log_target:
+            return kl_term_log_target(xi, yi, math.exp(yi))
+        return kl_term(xi, yi, math.log(yi))
+
+    @device
+    def d_input(y, log_target):
+        yi = y * f32_one
+        if log_target:
+            return input_grad_log_target(math.exp(yi))
+        return input_grad(yi)
+
+    @device
+    def d_target(x, y, log_target):
+        xi = x * f32_one
+        yi = y * f32_one
+        if log_target:
+            return target_grad_log_target(xi, yi, math.exp(yi))
+        return target_grad(xi, math.log(yi))
+
+    @device
+    def block_sum(value):
+        """Fixed-order tree sum of one float64 per thread; the total is valid in thread 0."""
+        shared = cuda.shared.array(MAX_BLOCK, np.float64)
+        tid = cuda.threadIdx.x
+        shared[tid] = value
+        cuda.syncthreads()
+        width = cuda.blockDim.x // 2
+        while width > 0:
+            if tid < width:
+                shared[tid] += shared[tid + width]
+            cuda.syncthreads()
+            width //= 2
+        return shared[0]
+
+    @cuda.jit
+    def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
+        start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        stride = cuda.blockDim.x * cuda.gridDim.x
+        acc = 0.0
+        for i in range(start, x.size, stride):
+            acc += term(x[i], y[i], log_target)
+            if with_grad:
+                grad[i] = coef * d_input(y[i], log_target)
+        total = block_sum(acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+
+    @cuda.jit
+    def finish_kernel(partials, divisor, out, total_out):
+        acc = 0.0
+        for i in range(cuda.threadIdx.x, partials.size, cuda.blockDim.x):
+            acc += partials[i]
+        total = block_sum(acc)
+        if cuda.threadIdx.x == 0:
+            total_out[0] = total
+            out[0] = total if divisor == 1.0 else total / divisor
+
+    @cuda.jit
+    def pointwise_kernel(x, y, log_target, out):
+        start = cuda.grid(1)
+        for i in range(start, x.size, cuda.gridsize(1)):
+            out[i] = term(x[i], y[i], log_target)
+
+    @cuda.jit
+    def input_grad_kernel(y, upstream, coef, log_target, out):
+        start = cuda.grid(1)
+        single = upstream.size == 1
+        for i in range(start, y.size, cuda.gridsize(1)):
+            u = upstream[0] if single else upstream[i]
+            out[i] = coef * np.float64(u) * d_input(y[i], log_target)
+
+    @cuda.jit
+    def target_grad_kernel(x, y, upstream, coef, log_target, out):
+        start = cuda.grid(1)
+        single = upstream.size == 1
+        for i in range(start, y.size, cuda.gridsize(1)):
+            u = upstream[0] if single else upstream[i]
+            out[i] = coef * np.float64(u) * d_target(x[i], y[i], log_target)
+
+    @cuda.jit
+    def cast_kernel(source, out):
+        for i in range(cuda.grid(1), source.size, cuda.gridsize(1)):
+            out[i] = source[i]
+
+    @cuda.jit
+    def fill_kernel(out, value):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = value
+
+    @cuda.jit
+    def add_kernel(a, b, out):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = a[i] + b[i]
+
+    return dict(
+        sum=sum_kernel, finish=finish_kernel, pointwise=pointwise_kernel,
+        input_grad=input_grad_kernel, target_grad=target_grad_kernel,
+        cast=cast_kernel, fill=fill_kernel, add=add_kernel,
+    )
+
+
+# ------------------------------------------------------------------ layout helpers
+def _flat(array: Any) -> Any:
+    """A 1-D view of a C-contiguous device array (others are copied once, in C order)."""
+    if array.ndim == 1 and array.strides[0] == array.dtype.itemsize:
+        return array
+    if _is_c_contiguous(array):
+        return array.reshape(array.size)
+    return _contiguous_copy(array).reshape(array.size)
+
+
+def _is_c_contiguous(array: Any) -> bool:
+    expected = array.dtype.itemsize
+    for extent, stride in zip(reversed(array.shape), reversed(array.strides)):
+        if extent > 1 and stride != expected:
+            return False
+        expected *= extent
+    return True
+
+
+def _contiguous_copy(array: Any) -> Any:
+    # Strided device arrays are rare (a view from another framework); go through the host once.
+    cuda = _cuda()
+    return cuda.to_device(np.ascontiguousarray(array.copy_to_host()))
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    return _cuda().device_array(shape, dtype=dtype)
+
+
+def _launch(kernel: Any, n: int, *args: Any) -> None:
+    blocks, threads = launch_config(max(n, 1))
+    kernel[blocks, threads](*args)
+
+
+# ------------------------------------------------------------------ launchers (the backend API)
+def reduce_sum(x: Any, y: Any, log_target: bool, grad_coef: float | None = None) -> tuple[Any, Any]:
+    """(the float64 total on the device, d loss/d x × grad_coef or None), in one pass."""
+    kernels = _kernels()
+    with_grad = grad_coef is not None
+    n = x.size
+    grad = _empty(x.shape, x.dtype) if with_grad else _empty((1,), x.dtype)
+    blocks, threads = launch_config(max(n, 1))
+    partials = _empty((blocks,), np.float64)
+    kernels["sum"][blocks, threads](
+        _flat(x), _flat(y), log_target, float(grad_coef or 0.0), _flat(grad), with_grad, partials
+    )
+    return DeviceTotal(partials), (grad if with_grad else None)
+
+
+class DeviceTotal:
+    """Block partials of a sum, combined on the device in a fixed order."""
+
+    def __init__(self, partials: Any) -> None:
+        self.partials = partials
+
+    def finish(self, divisor: int, dtype: np.dtype) -> Any:
+        kernels = _kernels()
+        out = _empty((1,), np.dtype(dtype))
+        self.total = _empty((1,), np.float64)
+        threads = launch_config(self.partials.size * MAX_BLOCK)[1]
+        kernels["finish"][1, threads](self.partials, float(divisor), out, self.total)
+        return out.reshape(())
+
+    def to_state(self) -> np.ndarray:
+        from klflow.kernels import exact_sum
+
+        if not hasattr(self, "total"):
+            self.finish(1, np.float64)
+        state = exact_sum.new_state()
+        exact_sum.add_float(state, float(self.total.copy_to_host()[0]))
+        return state
+
+
+def finish(partial: DeviceTotal, divisor: int, dtype: Any) -> Any:
+    """The reduced value (total / divisor) as a 0-d device array of ``dtype``, computed on the GPU."""
+    with np.errstate(all="ignore"):
+        return partial.finish(divisor, np.dtype(dtype))
+
+
+def exact_state(partial: DeviceTotal) -> np.ndarray:
+    """The total as an exact-sum state (host), for combining over MPI ranks."""
+    return partial.to_state()
+
+
+def pointwise(x: Any, y: Any, log_target: bool) -> Any:
+    out = _empty(x.shape, x.dtype)
+    if x.size:
+        _launch(_kernels()["pointwise"], x.size, _flat(x), _flat(y), log_target, _flat(out))
+    return out
+
+
+def _upstream_array(upstream: Any, dtype: np.dtype) -> Any:
+    if isinstance(upstream, (float, int, np.floating)):
+        return _cuda().to_device(np.array([float(upstream)], dtype=np.float64))
+    return _flat(upstream)
+
+
+def input_grad_array(y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
+    out = _empty(y.shape, y.dtype)
+    if y.size:
+        _launch(_kernels()["input_grad"], y.size, _flat(y), _upstream_array(upstream, y.dtype),
+                float(coef), log_target, _flat(out))
+    return out
+
+
+def target_grad_array(x: Any, y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
+    out = _empty(y.shape, y.dtype)
+    if y.size:
+        _launch(_kernels()["target_grad"], y.size, _flat(x), _flat(y),
+                _upstream_array(upstream, y.dtype), float(coef), log_target, _flat(out))
+    return out
+
+
+def copy(array: Any) -> Any:
+    out = _empty(array.shape, array.dtype)
+    if array.size:
+        _launch(_kernels()["cast"], array.size, _flat(array), _flat(out))
+    return out
+
+
+def cast(array: Any, dtype: np.dtype) -> Any:
+    out = _empty(array.shape, np.dtype(dtype))
+    if array.size:
+        _launch(_kernels()["cast"], array.size, _flat(array), _flat(out))
+    return out
+
+
+def full(shape: tuple[int, ...], value: float, dtype: np.dtype) -> Any:
+    out = _empty(tuple(shape), np.dtype(dtype))
+    fill(out, value)
+    return out
+
+
+def fill(array: Any, value: float) -> None:
+    if array.size:
+        _launch(_kernels()["fill"], array.size, _flat(array), value)
+
+
+def add(a: Any, b: Any) -> Any:
+    out = _empty(a.shape, a.dtype)
+    if a.size:
+        _launch(_kernels()["add"], a.size, _flat(a), _flat(b), _flat(out))
+    return out
