@@ -1,8 +1,9 @@
-"""Time the vectorisable ``log64``/``exp64`` against NumPy and against numba loops over ``math``.
+"""Time the vectorisable ``log``/``exp`` against NumPy and against numba loops over ``math``.
 
-Each kernel maps 2**24 float64 values (128 MiB in, 128 MiB out) and is timed single-threaded and
-with ``parallel=True``/``prange``; the table shows medians in milliseconds and each time divided by
-that of the ``fastmath`` loop.
+Each kernel maps 2**24 values (float64: 128 MiB in and out; float32: half that) and is timed
+single-threaded and with ``parallel=True``/``prange``; the table shows medians in milliseconds, each
+time divided by that of the ``fastmath`` loop run the same way, and the bytes read and written per
+second. A plain copy loop gives the memory-bound floor.
 
     PYTHONPATH=src .venv/bin/python scripts/bench_fastmath.py [--repeats 15] [--log2-size 24]
 """
@@ -18,7 +19,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from klflow.kernels.fastmath import exp64, log64
+from klflow.kernels.fastmath import exp32, exp64, log32, log64
 
 
 def _serial_loop(function: Callable[[float], float]) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -50,6 +51,11 @@ def _math_exp(x: float) -> float:
     return math.exp(x)
 
 
+@njit(inline="always")
+def _identity(x: float) -> float:
+    return x
+
+
 def _median_ms(run: Callable[[], object], repeats: int) -> float:
     run()  # compile / warm the pages
     times = []
@@ -68,14 +74,18 @@ def main() -> None:
 
     size = 1 << args.log2_size
     rng = np.random.default_rng(0)
+    # Positive values over a wide exponent range, as the log of a probability sees, and arguments
+    # whose exp neither overflows nor underflows.
+    log_arguments = np.exp2(rng.uniform(-60.0, 60.0, size))
+    exp_arguments = rng.uniform(-80.0, 80.0, size)
     cases = {
-        # Positive values over a wide exponent range, as the log of a probability sees.
-        "log": (np.exp2(rng.uniform(-60.0, 60.0, size)), log64, _math_log, np.log),
-        # Arguments whose exp neither overflows nor underflows.
-        "exp": (rng.uniform(-700.0, 700.0, size), exp64, _math_exp, np.exp),
+        "log64": (log_arguments, log64, _math_log, np.log),
+        "exp64": (exp_arguments, exp64, _math_exp, np.exp),
+        "log32": (log_arguments.astype(np.float32), log32, _math_log, np.log),
+        "exp32": (exp_arguments.astype(np.float32), exp32, _math_exp, np.exp),
     }
-    threads = numba.get_num_threads()
-    print(f"{size} float64 values, {args.repeats} repeats, numba threads for prange: {threads}")
+    print(f"{size} values per kernel, {args.repeats} repeats, "
+          f"numba threads for prange: {numba.get_num_threads()}")
     header = f"{'kernel':<6} {'variant':<22} {'median ms':>10} {'x fastmath':>11} {'GB/s':>7}"
     print(header)
     print("-" * len(header))
@@ -85,18 +95,19 @@ def main() -> None:
         rows = {
             "fastmath serial": _serial_loop(fast),
             "math serial": _serial_loop(libm),
+            "copy serial": _serial_loop(_identity),
             "fastmath prange": _parallel_loop(fast),
             "math prange": _parallel_loop(libm),
+            "copy prange": _parallel_loop(_identity),
         }
         timings = {label: _median_ms(lambda loop=loop: loop(values, out), args.repeats)
                    for label, loop in rows.items()}
-        timings[f"np.{name} (1 thread)"] = _median_ms(
+        timings[f"np.{numpy_function.__name__} (1 thread)"] = _median_ms(
             lambda: numpy_function(values, out=out), args.repeats)
         for label, ms in timings.items():
             reference = timings["fastmath prange" if "prange" in label else "fastmath serial"]
             print(f"{name:<6} {label:<22} {ms:10.2f} {ms / reference:11.2f} "
                   f"{moved_bytes / ms / 1e6:7.1f}")
-
 
 if __name__ == "__main__":
     main()
