@@ -77,15 +77,34 @@ def rank_device() -> Device:
 def device_of(array: Any) -> Device:
     """The device holding a CUDA device array (the current device in numba's context)."""
     cuda = _cuda()
-    try:
-        return Device("cuda", cuda.get_current_device().id)
-    except Exception:  # pragma: no cover - simulator devices have no id on some versions
-        return Device("cuda", 0)
+    get_device = getattr(cuda, "get_current_device", None)  # absent from numba's simulator
+    return Device("cuda", get_device().id if get_device is not None else 0)
+
+
+def _simulated_array_type() -> type | None:
+    from numba.core import config
+
+    if not config.ENABLE_CUDASIM:
+        return None
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    return FakeCUDAArray
+
+
+def is_device_array(obj: Any) -> bool:
+    """Whether ``obj`` is GPU data: it exports ``__cuda_array_interface__`` (or is a simulator array)."""
+    if hasattr(obj, "__cuda_array_interface__"):
+        return True
+    simulated = _simulated_array_type()
+    return simulated is not None and isinstance(obj, simulated)
 
 
 def wrap_interface(obj: Any) -> Any:
     """A numba device array viewing the memory of any ``__cuda_array_interface__`` exporter."""
     cuda = _cuda()
+    simulated = _simulated_array_type()
+    if simulated is not None and isinstance(obj, simulated):
+        return obj  # the simulator's arrays have no interface to view through
     array = cuda.as_cuda_array(obj)
     np.dtype(array.dtype)  # validates the dtype is one NumPy knows
     return array

@@ -391,6 +391,16 @@ def _host_array(data: Any, dtype: dtypes.dtype | None) -> np.ndarray:
     return array
 
 
+def _is_device_data(data: Any) -> bool:
+    if hasattr(data, "__cuda_array_interface__"):
+        return True
+    if type(data).__module__.startswith("numba.cuda"):  # device arrays of numba's simulator
+        from klflow import cuda
+
+        return cuda.is_device_array(data)
+    return False
+
+
 def _is_array_like(data: Any) -> bool:
     return hasattr(data, "__array__") or hasattr(data, "__array_interface__")
 
@@ -419,7 +429,7 @@ def tensor(
             out = Tensor(_copy_data(out), device=out.device, global_info=out._global)
         out.requires_grad = requires_grad
         return out
-    if hasattr(data, "__cuda_array_interface__"):
+    if _is_device_data(data):
         from klflow import cuda
 
         wrapped = cuda.wrap_interface(data)
@@ -466,7 +476,7 @@ def as_tensor_arg(value: Any, name: str) -> Tensor:
     """Accept a klflow tensor or an array-like for a functional argument (no copy when possible)."""
     if isinstance(value, Tensor):
         return value
-    if hasattr(value, "__cuda_array_interface__"):
+    if _is_device_data(value):
         from klflow import cuda
 
         wrapped = cuda.wrap_interface(value)

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import numpy as np
+from numba import cuda  # a module global: numba's simulator swaps it inside kernels
 
 from klflow.kernels import formula
 
@@ -39,6 +40,7 @@ def set_block_size(size: int | None) -> None:
 
 
 def _cuda() -> Any:
+    """numba.cuda once a usable device (or the simulator) is confirmed, else a clear error."""
     from klflow import cuda as klflow_cuda
 
     return klflow_cuda._cuda()
@@ -47,7 +49,9 @@ def _cuda() -> Any:
 def launch_config(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for ``n`` elements on the current device."""
     cuda = _cuda()
-    device = cuda.get_current_device()
+    # The simulator has no device object; its defaults (one multiprocessor) still exercise tails.
+    get_device = getattr(cuda, "get_current_device", None)
+    device = get_device() if get_device is not None else None
     env_block = os.environ.get("KLFLOW_CUDA_BLOCK")
     block = _block_override or (int(env_block) if env_block else 256)
     block = min(block, getattr(device, "MAX_THREADS_PER_BLOCK", MAX_BLOCK), MAX_BLOCK)
@@ -60,8 +64,16 @@ def launch_config(n: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=1)
 def _kernels() -> Any:
     """Compile the device functions and kernels on first use (so importing needs no GPU)."""
-    cuda = _cuda()
+    _cuda()
     device = functools.partial(cuda.jit, device=True, inline=True)
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:
+        # The simulator runs kernels as Python, whose math.log/exp raise where the GPU's
+        # return IEEE values (-inf, NaN, inf): use NumPy's, which follow IEEE like the GPU.
+        log, exp = np.log, np.exp
+    else:
+        log, exp = math.log, math.exp
     kl_term = device(formula.kl_term)
     kl_term_log_target = device(formula.kl_term_log_target)
     input_grad = device(formula.input_grad)
@@ -76,14 +88,14 @@ def _kernels() -> Any:
         xi = x * f32_one
         yi = y * f32_one
         if log_target:
-            return kl_term_log_target(xi, yi, math.exp(yi))
-        return kl_term(xi, yi, math.log(yi))
+            return kl_term_log_target(xi, yi, exp(yi))
+        return kl_term(xi, yi, log(yi))
 
     @device
     def d_input(y, log_target):
         yi = y * f32_one
         if log_target:
-            return input_grad_log_target(math.exp(yi))
+            return input_grad_log_target(exp(yi))
         return input_grad(yi)
 
     @device
@@ -91,8 +103,8 @@ def _kernels() -> Any:
         xi = x * f32_one
         yi = y * f32_one
         if log_target:
-            return target_grad_log_target(xi, yi, math.exp(yi))
-        return target_grad(xi, math.log(yi))
+            return target_grad_log_target(xi, yi, exp(yi))
+        return target_grad(xi, log(yi))
 
     @device
     def block_sum(value):

@@ -1,0 +1,89 @@
+"""CUDA tensors: moving data, zero-copy interop in and out, device errors, modules and globals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import klflow as flow
+import klflow.nn.functional as F
+
+
+def test_moving_between_host_and_device():
+    host = np.arange(6, dtype=np.float64).reshape(2, 3)
+    t = flow.tensor(host, device="cuda")
+    assert t.is_cuda and t.device == flow.device("cuda", 0) and t.shape == (2, 3)
+    assert np.array_equal(t.cpu().numpy(), host) and not t.cpu().is_cuda
+    assert np.array_equal(flow.tensor(host).cuda().numpy(), host)
+    assert t.to("cuda:0") is t and t.to(flow.float32).dtype == flow.float32
+    assert np.array_equal(t.half().float().numpy(), host.astype(np.float32))
+
+
+def test_gradient_flows_back_across_devices():
+    x = flow.tensor([0.5, 1.0], requires_grad=True)
+    loss = F.kl_div(x.cuda(), flow.tensor([0.25, 0.75], device="cuda"), reduction="sum")
+    loss.backward()
+    assert not x.grad.is_cuda and x.grad.numpy().tolist() == [-0.25, -0.75]
+
+
+def test_cuda_array_interface_is_read_without_a_copy():
+    from numba import cuda
+
+    device_array = cuda.to_device(np.array([0.1, 0.2, 0.7], np.float32))
+    target = cuda.to_device(np.array([0.2, 0.2, 0.6], np.float32))
+    out = F.kl_div(device_array, target, reduction="sum")  # array-likes straight into the loss
+    assert out.is_cuda
+    expected = np.sum(np.float64([0.2, 0.2, 0.6]) * (np.log([0.2, 0.2, 0.6]) - np.float64(np.float32([0.1, 0.2, 0.7]))))
+    assert out.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_klflow_cuda_tensors_export_the_interface(simulated):
+    from numba import cuda
+
+    if simulated:
+        pytest.skip("numba's simulator arrays do not implement __cuda_array_interface__")
+    t = flow.tensor([1.0, 2.0], device="cuda")
+    interface = t.__cuda_array_interface__
+    assert interface["shape"] == (2,) and interface["typestr"] == "<f4"
+    view = cuda.as_cuda_array(t)
+    assert view.__cuda_array_interface__["data"][0] == interface["data"][0]  # same memory
+    with pytest.raises(AttributeError):
+        flow.tensor([1.0]).__cuda_array_interface__
+
+
+def test_inputs_on_different_devices_are_refused():
+    with pytest.raises(ValueError, match=r"same device; got input on cuda:0 and target on cpu"):
+        F.kl_div(flow.tensor([0.5], device="cuda"), flow.tensor([0.5]))
+
+
+def test_bad_device_strings():
+    with pytest.raises(ValueError, match="'gpu'"):
+        flow.tensor([1.0], device="gpu")
+    with pytest.raises(RuntimeError, match="cuda:7"):
+        flow.tensor([1.0], device="cuda:7")
+
+
+def test_module_cuda_moves_parameters():
+    class Scaled(flow.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = flow.nn.Parameter(flow.tensor([1.0, 2.0]))
+
+    module = Scaled().cuda()
+    assert module.weight.is_cuda and isinstance(module.weight, flow.nn.Parameter)
+    assert module.cpu().weight.device == flow.device("cpu")
+
+
+def test_global_cuda_placement_on_one_rank():
+    p = flow.placement("cuda", [0])
+    x = flow.tensor([[0.5, 1.0]], device="cuda").to_global(p, flow.sbp.split(0))
+    y = flow.tensor([[0.25, 0.75]], device="cuda").to_global(p, flow.sbp.split(0))
+    x.requires_grad = True
+    loss = F.kl_div(x, y, reduction="sum")
+    assert loss.sbp == (flow.sbp.partial_sum,) and loss.to_local().is_cuda
+    assert loss.item() == pytest.approx(0.25 * (np.log(0.25) - 0.5) + 0.75 * (np.log(0.75) - 1.0), rel=1e-6)
+    loss.backward()
+    assert x.grad.sbp == (flow.sbp.split(0),) and x.grad.to_local().is_cuda
+    assert x.grad.numpy().tolist() == [[-0.25, -0.75]]
+    b = x.detach().to_global(sbp=flow.sbp.broadcast)
+    assert b.to_local().is_cuda and b.numpy().tolist() == [[0.5, 1.0]]
