@@ -136,7 +136,7 @@ def add_float(state: np.ndarray, x: float) -> None:
     >>> to_float64(state)  # the exact sum of the three doubles, rounded once
     2.7755575615628914e-17
     """
-    bits = f64_as_i64(x)
+    bits = f64_as_i64(np.float64(x))  # float32 and integer arguments widen exactly
     biased_exponent = (bits >> 52) & 0x7FF
     if biased_exponent == 0x7FF:
         if bits & _SIGNIFICAND_MASK:
@@ -269,6 +269,9 @@ def round_to_float(state: np.ndarray, precision_bits: int, min_exponent: int, ma
     >>> round_to_float(state, 24, -126, 127)  # a tie in float32: to even
     1.0
     """
+    fits_float64 = min_exponent - precision_bits + 1 >= -1074 and max_exponent <= 1023
+    if not (2 <= precision_bits <= 53 and min_exponent <= max_exponent and fits_float64):
+        raise ValueError("round_to_float: the format's values must all be float64 values")
     if state[NAN_COUNT] > 0 or (state[POS_INF_COUNT] > 0 and state[NEG_INF_COUNT] > 0):
         return np.nan
     if state[POS_INF_COUNT] > 0:
@@ -291,7 +294,8 @@ def round_to_float(state: np.ndarray, precision_bits: int, min_exponent: int, ma
         return 0.0
     if digits[top] >> DIGIT_BITS:  # only the top digit can be this wide: far beyond any format
         return -np.inf if negative else np.inf
-    leading = LOW_EXPONENT + DIGIT_BITS * top + _bit_length(digits[top]) - 1  # value in [2**leading, 2**(leading+1))
+    # The magnitude lies in [2**leading, 2**(leading + 1)).
+    leading = LOW_EXPONENT + DIGIT_BITS * top + _bit_length(digits[top]) - 1
     if leading > max_exponent:
         return -np.inf if negative else np.inf
 
@@ -358,13 +362,16 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     in int64 (exact, so order is irrelevant), stores the remainders ``r`` back into ``buf`` and moves
     to the grid of their maximum until nothing remains. Blocks holding NaN or infinities take the
     scalar ``add_float`` path. On return ``buf[0:count]`` holds signed zeros (or is unchanged when
-    the block held a NaN or infinity). ``count`` has no upper limit; 1024 to 4096 is a good block.
+    the block held a NaN or infinity). ``count`` has no upper limit beyond ``buf.size`` (the int64
+    sums run over chunks of ``SUM_CHUNK``); 1024 to 4096 terms is a good block (L1-resident).
 
     >>> state = new_state()
     >>> add_terms(state, np.array([0.1] * 10), 10)
     >>> to_float64(state), sum([0.1] * 10)
     (1.0, 0.9999999999999999)
     """
+    if count > buf.size:
+        raise ValueError("add_terms: count exceeds the buffer")
     largest = np.int64(0)
     for i in range(count):
         largest = max(largest, f64_as_i64(buf[i]) & _ABS_MASK)
@@ -382,7 +389,10 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
         half_inverse_exponent = -grid_exponent // 2  # both halves lie in [-486, 537]
         inverse_first = _pow2(half_inverse_exponent)
         inverse_second = _pow2(-grid_exponent - half_inverse_exponent)
-        grid = i64_as_f64(np.int64(1) << (grid_exponent + 1074)) if grid_exponent < -1022 else _pow2(grid_exponent)
+        if grid_exponent < -1022:  # a subnormal power of two
+            grid = i64_as_f64(np.int64(1) << (grid_exponent + 1074))
+        else:
+            grid = _pow2(grid_exponent)
         largest = np.int64(0)
         for start in range(0, count, SUM_CHUNK):
             # A view indexed from 0 vectorises; indexing buf[start + i] does not (wraparound checks).
