@@ -107,7 +107,7 @@ _LG7 = 1.479819860511658591e-01
 def log64(x: float) -> float:
     """Natural logarithm of a float64; branch-free so that loops calling it vectorise.
 
-    Largest error measured (2.4e8 inputs): 0.855 ulp.
+    Largest error measured (3.6e8 random inputs): 0.760 ulp.
     """
     bits = f64_as_i64(x)
     # Subnormals (and, harmlessly, zeros and negatives) are scaled by 2**54 to become normal.
@@ -122,7 +122,8 @@ def log64(x: float) -> float:
 
     # log(1+f) = f - f*f/2 + s*(f*f/2 + R(s*s)) with s = f/(2+f), |s| < 0.1716.
     f = m - 1.0  # exact (Sterbenz)
-    half_f_squared = 0.5 * f * f
+    half_f = 0.5 * f
+    half_f_squared = half_f * f
     s = _divide(f, 2.0 + f)
     z = s * s
     # Plain Horner: the loop is throughput-bound, so fewer operations beat a shorter chain.
@@ -133,8 +134,11 @@ def log64(x: float) -> float:
     p = _mul_add(z, p, _LG2)
     p = _mul_add(z, p, _LG1)
     small_terms = _mul_add(s, _mul_add(z, p, half_f_squared), dk * _LN2_LO)
-    # Summed from the smallest terms up; dk * _LN2_HI is exact, so fusing it changes nothing.
-    result = _mul_add(dk, _LN2_HI, f - (half_f_squared - small_terms))
+    # Summed from the smallest terms up. Fused, small_terms - f*f/2 rounds once with the square
+    # exact, which lowers the largest error from 0.86 to 0.76 ulp at no cost; dk * _LN2_HI is
+    # exact, so fusing the last step changes nothing.
+    correction = _mul_add(-half_f, f, small_terms)
+    result = _mul_add(dk, _LN2_HI, f + correction)
 
     result = x + x if bits >= _POSITIVE_INF_BITS else result  # +inf and NaN pass through
     result = _NAN if bits < 0 else result  # negative numbers, -inf, NaN with the sign bit set
@@ -171,7 +175,7 @@ _EXP_C10 = 2.0914221467010214e-09
 def exp64(x: float) -> float:
     """e**x for a float64; branch-free so that loops calling it vectorise.
 
-    Largest error measured (2.4e8 inputs): 0.653 ulp for normal results, 0.773 ulp (of the
+    Largest error measured (3.6e8 random inputs): 0.653 ulp for normal results, 0.774 ulp (of the
     subnormal spacing) for results below 2**-1022, which are rounded twice.
     """
     # Written so that NaN fails both comparisons and flows through to the result.
@@ -248,7 +252,7 @@ _F32_LG3 = np.float32(0.2988561689853668)
 def log32(x: np.float32) -> np.float32:
     """Natural logarithm of a float32; same method as ``log64``.
 
-    Largest error over every float32 input: 0.835 float32 ulp.
+    Largest error over every float32 input: 0.763 float32 ulp.
     """
     bits = f32_as_i32(x)
     is_small = bits < _F32_SMALLEST_NORMAL_BITS
@@ -259,12 +263,13 @@ def log32(x: np.float32) -> np.float32:
     m = i32_as_f32(np.int32((shifted & _F32_MANTISSA_MASK) + _F32_SQRT_HALF_BITS))
 
     f = m - _F32_ONE
-    half_f_squared = _F32_HALF * f * f
+    half_f = _F32_HALF * f
+    half_f_squared = half_f * f
     s = _divide(f, _F32_TWO + f)
     z = s * s
     p = _mul_add(z, _mul_add(z, _F32_LG3, _F32_LG2), _F32_LG1)
     small_terms = _mul_add(s, _mul_add(z, p, half_f_squared), dk * _F32_LN2_LO)
-    result = _mul_add(dk, _F32_LN2_HI, f - (half_f_squared - small_terms))
+    result = _mul_add(dk, _F32_LN2_HI, f + _mul_add(-half_f, f, small_terms))
 
     result = x + x if bits >= _F32_POSITIVE_INF_BITS else result
     result = _F32_NAN if bits < 0 else result
