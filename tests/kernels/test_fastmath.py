@@ -9,6 +9,7 @@ than float32. Errors are in units of the ulp of the exact result in the output f
 from __future__ import annotations
 
 import math
+import platform
 import re
 
 import llvmlite.binding as llvm
@@ -23,9 +24,12 @@ from klflow.kernels.fastmath import exp32, exp64, log32, log64
 # Largest errors over these tests, a little above the measured maxima (0.76 and 0.77 ulp for
 # float64, 0.76 and 0.78 float32 ulp over every float32 input); tighter than the one-ulp contract
 # so that a regression shows before it breaks the contract.
-LOG64_MAX_ULP = 0.8
+# Without FMA hardware the fused steps round twice and log reaches 0.86 ulp.
+_FUSED_MULTIPLY_ADD = (llvm.get_host_cpu_features().get("fma", False)
+                       or platform.machine().lower() in ("aarch64", "arm64"))
+LOG64_MAX_ULP = 0.8 if _FUSED_MULTIPLY_ADD else 0.9
 EXP64_MAX_ULP = 0.8
-LOG32_MAX_ULP = 0.8
+LOG32_MAX_ULP = 0.8 if _FUSED_MULTIPLY_ADD else 0.9
 EXP32_MAX_ULP = 0.8
 CONTRACT_MAX_ULP = 1.0
 
@@ -120,7 +124,7 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20240607)
 
 
-# --- log64 accuracy --------------------------------------------------------------------------------
+# --- log64 accuracy -------------------------------------------------------------------------------
 
 
 def test_log_whole_exponent_range_including_subnormals(rng: np.random.Generator) -> None:
@@ -164,7 +168,7 @@ def test_log_powers_of_two_and_extremes() -> None:
     assert max_log_error(x) <= LOG64_MAX_ULP
 
 
-# --- exp64 accuracy --------------------------------------------------------------------------------
+# --- exp64 accuracy -------------------------------------------------------------------------------
 
 
 def test_exp_whole_finite_range(rng: np.random.Generator) -> None:
@@ -255,7 +259,7 @@ def test_special_values_inside_a_vectorised_loop() -> None:
     np.testing.assert_array_equal(np.isnan(got_exp), np.isnan(x))
 
 
-# --- float32 ---------------------------------------------------------------------------------------
+# --- float32 --------------------------------------------------------------------------------------
 
 FLOAT32_SMALLEST_NORMAL = np.finfo(np.float32).smallest_normal
 FLOAT32_SMALLEST_SUBNORMAL = np.finfo(np.float32).smallest_subnormal
@@ -374,8 +378,8 @@ def test_log_inverts_exp(x: float) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.floats(min_value=float(FLOAT32_SMALLEST_SUBNORMAL), max_value=float(FLOAT32_LARGEST_FINITE),
-                 width=32))
+@given(st.floats(min_value=float(FLOAT32_SMALLEST_SUBNORMAL),
+                 max_value=float(FLOAT32_LARGEST_FINITE), width=32))
 def test_log32_ulp_bound_property(x: float) -> None:
     value = np.array([x], dtype=np.float32)
     error = ulp_errors(_log32_all(value), np.log(value.astype(np.float64)), np.float32)
@@ -392,7 +396,7 @@ def test_exp32_ulp_bound_property(x: float) -> None:
 
 # --- vectorisation --------------------------------------------------------------------------------
 
-_HOST_FEATURES = llvm.get_host_cpu_features()
+_HAS_AVX2 = llvm.get_host_cpu_features().get("avx2", False)
 _LIBM_REFERENCE = re.compile(r"(?:\$|\bcallq?\s+|\bjmpq?\s+)_*(?:log|exp)\w*")
 _VECTOR_ARITHMETIC = re.compile(r"\bv(?:fmadd\w*|mul|add|sub)p[sd]\s+[^\n]*%[yz]mm")
 
@@ -409,7 +413,7 @@ def _assembly_of_loop(function, dtype: type = np.float64) -> str:
     return loop.inspect_asm(loop.signatures[0])
 
 
-@pytest.mark.skipif(not _HOST_FEATURES.get("avx2", False), reason="host CPU has no AVX2")
+@pytest.mark.skipif(not _HAS_AVX2, reason="host CPU has no AVX2")
 @pytest.mark.parametrize(("function", "dtype"),
                          [(log64, np.float64), (exp64, np.float64),
                           (log32, np.float32), (exp32, np.float32)],
@@ -420,7 +424,7 @@ def test_loop_compiles_to_vector_instructions_without_libm_calls(function, dtype
     assert not _LIBM_REFERENCE.search(assembly), "the loop calls a libm log/exp"
 
 
-@pytest.mark.skipif(not _HOST_FEATURES.get("avx2", False), reason="host CPU has no AVX2")
+@pytest.mark.skipif(not _HAS_AVX2, reason="host CPU has no AVX2")
 def test_libm_detector_flags_a_math_log_loop() -> None:
     @njit(inline="always")
     def libm_log(x: float) -> float:

@@ -40,7 +40,8 @@ def _mul_add(typingctx, a, b, c):
     """``a * b + c`` as ``llvm.fmuladd``: one FMA instruction where the CPU has it.
 
     Numba never contracts ``a * b + c`` by itself (that needs ``fastmath``, which would also
-    break the special-value handling), and every error bound below holds fused or not.
+    break the special-value handling). The one-ulp bounds hold fused or not; the measured
+    maxima quoted below are with FMA (unfused, log64 reaches 0.86 ulp).
     """
     if a not in _FLOAT_TYPES or not a == b == c:
         return None
