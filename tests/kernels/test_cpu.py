@@ -1,0 +1,394 @@
+"""The CPU launchers of ``klflow.kernels.cpu`` against the float64 reference.
+
+``pointwise``, ``reduce_sum`` (with and without the fused input gradient), ``input_grad_array`` and
+``target_grad_array`` are called directly with NumPy arrays: contiguous (C and F), non-contiguous
+(staged through contiguous slabs; ``SLAB_ELEMENTS`` is lowered so that small arrays need many
+slabs), float16 (carried as its bit pattern) and both sides of ``SERIAL_BELOW``. The exact-sum state
+that ``reduce_sum`` returns is read with ``klflow.kernels.exact_sum``'s rounding functions.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from klflow.kernels import cpu, exact_sum
+from reference import (
+    EPS64,
+    assert_close,
+    element_error_bound,
+    exact_sum as reference_sum,
+    input_grad,
+    kl_elements,
+    target_grad,
+    target_grad_error_bound,
+)
+
+DTYPES = [np.float16, np.float32, np.float64]
+DTYPE_IDS = ["f16", "f32", "f64"]
+dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+log_target_param = pytest.mark.parametrize("log_target", [False, True], ids=["prob", "logt"])
+# Element counts on both sides of the serial/parallel threshold (and of one BLOCK).
+SIZES = [pytest.param(n, id=f"n{n}") for n in (1, 100, 5000, cpu.SERIAL_BELOW + 12_345)]
+ROUND_STATE = {np.dtype(np.float16): exact_sum.to_float16,
+               np.dtype(np.float32): exact_sum.to_float32,
+               np.dtype(np.float64): exact_sum.to_float64}
+
+
+def make_pair(shape, dtype, log_target, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 2.0, size=shape)
+    if log_target:
+        y = rng.normal(-1.0, 1.5, size=shape)
+    else:
+        y = rng.uniform(0.01, 2.0, size=shape)
+        kind = rng.random(size=shape)
+        y = np.where(kind < 0.15, 0.0, np.where(kind < 0.3, -y, y))
+    return np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
+
+
+def strided(a: np.ndarray) -> np.ndarray:
+    """``a``'s values as every other element of a larger buffer (neither C nor F contiguous)."""
+    big = np.zeros(tuple(2 * n for n in a.shape), dtype=a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    return view
+
+
+def state_value(state: np.ndarray, dtype) -> float:
+    return float(ROUND_STATE[np.dtype(dtype)](state))
+
+
+def check_sum(state, x, y, log_target):
+    """The state's value rounded to x's dtype, against the exact sum of the reference elements."""
+    dtype = x.dtype
+    got = np.asarray(state_value(state, dtype), dtype=dtype)
+    ref = reference_sum(kl_elements(x, y, log_target))
+    slack = element_error_bound(x, y, log_target).sum()
+    assert_close(got, np.float64(ref), dtype, bound=slack, what="sum")
+
+
+@pytest.fixture
+def tiny_slabs(monkeypatch):
+    """Make staging cut arrays into slabs of at most 7 elements and count the slabs."""
+    monkeypatch.setattr(cpu, "SLAB_ELEMENTS", 7)
+    counter = {"slabs": 0}
+    original = cpu._slabs
+
+    def counting(shape, limit):
+        for index in original(shape, limit):
+            counter["slabs"] += 1
+            yield index
+
+    monkeypatch.setattr(cpu, "_slabs", counting)
+    return counter
+
+
+# ---------------------------------------------------------------------------- pointwise
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_pointwise_contiguous(n, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, n)
+    out = cpu.pointwise(x, y, log_target)
+    assert_close(out, kl_elements(x, y, log_target), dtype,
+                 bound=element_error_bound(x, y, log_target))
+
+
+@log_target_param
+@dtype_param
+def test_pointwise_fortran_order(log_target, dtype):
+    x, y = make_pair((13, 17), dtype, log_target, 1)
+    xf, yf = np.asfortranarray(x), np.asfortranarray(y)
+    out = cpu.pointwise(xf, yf, log_target)
+    assert out.shape == x.shape
+    assert_close(out, kl_elements(x, y, log_target), dtype,
+                 bound=element_error_bound(x, y, log_target))
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5), (2, 3, 2, 4)], ids=str)
+@log_target_param
+@dtype_param
+def test_pointwise_staged_in_many_slabs(tiny_slabs, shape, log_target, dtype):
+    x, y = make_pair(shape, dtype, log_target, 2)
+    out = cpu.pointwise(strided(x), np.asfortranarray(y), log_target)
+    assert tiny_slabs["slabs"] > 1
+    assert_close(out, kl_elements(x, y, log_target), dtype,
+                 bound=element_error_bound(x, y, log_target))
+
+
+@log_target_param
+@dtype_param
+def test_pointwise_mixed_c_and_f_orders(log_target, dtype):
+    x, y = make_pair((9, 8, 3), dtype, log_target, 3)
+    out = cpu.pointwise(np.ascontiguousarray(x), np.asfortranarray(y), log_target)
+    assert_close(out, kl_elements(x, y, log_target), dtype,
+                 bound=element_error_bound(x, y, log_target))
+
+
+@log_target_param
+def test_pointwise_staging_at_default_slab_size(log_target):
+    # 600 x 1000 strided elements: more than one slab of SLAB_ELEMENTS.
+    x, y = make_pair((600, 1000), np.float32, log_target, 4)
+    assert x.size > cpu.SLAB_ELEMENTS
+    out = cpu.pointwise(strided(x), y, log_target)
+    assert_close(out, kl_elements(x, y, log_target), np.float32,
+                 bound=element_error_bound(x, y, log_target))
+
+
+def test_pointwise_empty_and_zero_dim():
+    empty = np.zeros((3, 0), np.float32)
+    assert cpu.pointwise(empty, empty, False).shape == (3, 0)
+    out = cpu.pointwise(np.array(-1.0), np.array(1.0), False)
+    assert out.shape == () and out == 1.0  # 1 * (log 1 - (-1))
+
+
+def test_pointwise_float16_rounds_once_from_float64():
+    # Every float16 input pair; the element is computed from the widened values and rounded once.
+    rng = np.random.default_rng(5)
+    x = np.asarray(rng.uniform(-8, 8, 4096), np.float16)
+    y = np.asarray(rng.uniform(2.0**-14, 4, 4096), np.float16)
+    out = cpu.pointwise(x, y, False)
+    assert out.dtype == np.float16
+    assert_close(out, kl_elements(x, y, False), np.float16,
+                 bound=element_error_bound(x, y, False))
+
+
+def test_pointwise_float16_overflow_is_inf():
+    # 8 * (log 8 + 65504) far exceeds the float16 range.
+    x = np.array([-65504.0], np.float16)
+    y = np.array([8.0], np.float16)
+    assert cpu.pointwise(x, y, False)[0] == np.inf
+
+
+def test_pointwise_masks_non_positive_targets():
+    x = np.array([-np.inf, np.nan, np.inf, 1.0])
+    y = np.array([0.0, -1.0, np.nan, -0.0])
+    np.testing.assert_array_equal(cpu.pointwise(x, y, False), np.zeros(4))
+
+
+# ---------------------------------------------------------------------------- reduce_sum
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_reduce_sum_without_gradient(n, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, 10 + n)
+    state, grad = cpu.reduce_sum(x, y, log_target)
+    assert grad is None
+    check_sum(state, x, y, log_target)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_reduce_sum_with_fused_gradient(n, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, 20 + n)
+    coef = 1.0 / 3.0
+    state, grad = cpu.reduce_sum(x, y, log_target, coef)
+    check_sum(state, x, y, log_target)
+    ref = input_grad(x, y, log_target, 1.0, coef)
+    assert_close(grad, ref, dtype, bound=4 * EPS64 * np.abs(ref), what="fused grad")
+
+
+@dtype_param
+def test_fused_gradient_is_the_product_rounded_once(dtype):
+    # Without log_target the gradient is coef * (-y) (0 where y <= 0): one float64 product,
+    # rounded once, so it equals the reference bit for bit.
+    x, y = make_pair((3000,), dtype, False, 30)
+    coef = 0.1
+    _, grad = cpu.reduce_sum(x, y, False, coef)
+    expected = (np.where(y > 0, -y.astype(np.float64), 0.0) * coef).astype(dtype)
+    np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("with_grad", [False, True], ids=["sum", "sum+grad"])
+@log_target_param
+@dtype_param
+def test_reduce_sum_staged_in_many_slabs(tiny_slabs, with_grad, log_target, dtype):
+    x, y = make_pair((4, 5, 6), dtype, log_target, 40)
+    coef = 0.25 if with_grad else None
+    state, grad = cpu.reduce_sum(strided(x), np.asfortranarray(y), log_target, coef)
+    assert tiny_slabs["slabs"] > 1
+    check_sum(state, x, y, log_target)
+    if with_grad:
+        assert grad.shape == x.shape
+        ref = input_grad(x, y, log_target, 1.0, coef)
+        assert_close(grad, ref, dtype, bound=4 * EPS64 * np.abs(ref), what="fused grad")
+
+
+@pytest.mark.parametrize("with_grad", [False, True], ids=["sum", "sum+grad"])
+def test_reduce_sum_large_staged_above_serial_threshold(with_grad):
+    # Slabs of the default size that are themselves above SERIAL_BELOW (parallel per slab).
+    x, y = make_pair((700, 900), np.float64, False, 41)
+    coef = 2.0 if with_grad else None
+    state, grad = cpu.reduce_sum(strided(x), y, False, coef)
+    check_sum(state, x, y, False)
+    if with_grad:
+        ref = input_grad(x, y, False, 1.0, coef)
+        assert_close(grad, ref, np.float64, bound=4 * EPS64 * np.abs(ref))
+
+
+@dtype_param
+def test_reduce_sum_layout_independent_bits(dtype):
+    x, y = make_pair((40, 30), dtype, False, 42)
+    expected_state, expected_grad = cpu.reduce_sum(x, y, False, 0.5)
+    for xl, yl in [(np.asfortranarray(x), np.asfortranarray(y)), (strided(x), y),
+                   (x, np.asfortranarray(y))]:
+        state, grad = cpu.reduce_sum(xl, yl, False, 0.5)
+        assert state_value(state, np.float64) == state_value(expected_state, np.float64)
+        assert state_value(state, dtype) == state_value(expected_state, dtype)
+        np.testing.assert_array_equal(grad, expected_grad)
+
+
+def test_reduce_sum_of_exact_elements_is_fsum():
+    # y = 1: each element is exactly -x; the state must hold their exact sum.
+    rng = np.random.default_rng(43)
+    n = 70_000
+    x = rng.choice([-1.0, 1.0], n) * rng.uniform(1, 2, n) * np.exp2(rng.integers(-70, 70, n))
+    x[:3] = [1e300, 3.0, -1e300]
+    state, _ = cpu.reduce_sum(x, np.ones(n), False)
+    assert exact_sum.to_float64(state) == math.fsum((-x).tolist())
+
+
+def test_reduce_sum_float32_state_is_correctly_rounded():
+    # 1 + 2**-24 + 2**-60: just above a float32 tie; rounding through float64 would tie to 1.
+    x = np.array([-1.0, -(2.0**-24), -(2.0**-60)], np.float32)
+    state, _ = cpu.reduce_sum(x, np.ones(3, np.float32), False)
+    assert exact_sum.to_float32(state) == 1 + 2.0**-23
+
+
+def test_reduce_sum_float16_state_is_correctly_rounded():
+    rng = np.random.default_rng(44)
+    x = np.asarray(rng.uniform(-2, 2, 3000), np.float16)
+    state, _ = cpu.reduce_sum(x, np.ones_like(x), False)
+    got = np.float16(exact_sum.to_float16(state))
+    exact = -sum((Fraction(float(v)) for v in x.tolist()), Fraction(0))
+    neighbours = [np.nextafter(got, np.float16(-np.inf)), np.nextafter(got, np.float16(np.inf))]
+    distance = abs(Fraction(float(got)) - exact)
+    assert all(distance <= abs(Fraction(float(v)) - exact) for v in neighbours)
+
+
+def test_reduce_sum_empty():
+    empty = np.zeros((0, 4), np.float32)
+    state, grad = cpu.reduce_sum(empty, empty, False)
+    assert grad is None and exact_sum.to_float64(state) == 0.0
+    state, grad = cpu.reduce_sum(empty, empty, False, 1.0)
+    assert grad.shape == (0, 4) and grad.dtype == np.float32
+
+
+def test_reduce_sum_counts_nan_and_infinities():
+    state, _ = cpu.reduce_sum(np.array([-np.inf, 1.0]), np.array([0.5, 0.5]), False)
+    assert exact_sum.to_float64(state) == np.inf
+    state, _ = cpu.reduce_sum(np.array([-np.inf, np.inf]), np.array([0.5, 0.5]), False)
+    assert math.isnan(exact_sum.to_float64(state))
+
+
+# ---------------------------------------------------------------------------- serial vs parallel
+@pytest.mark.parametrize("with_grad", [False, True], ids=["sum", "sum+grad"])
+@log_target_param
+@dtype_param
+def test_serial_and_parallel_paths_agree_bitwise(monkeypatch, with_grad, log_target, dtype):
+    x, y = make_pair((50_000,), dtype, log_target, 50)  # many BLOCKs, so several chunks
+    coef = 0.125 if with_grad else None
+    results = []
+    for threshold in (1 << 40, 0):  # everything serial, then everything parallel
+        monkeypatch.setattr(cpu, "SERIAL_BELOW", threshold)
+        state, grad = cpu.reduce_sum(x, y, log_target, coef)
+        results.append((state_value(state, np.float64), state_value(state, dtype), grad))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == results[1][1]
+    if with_grad:
+        np.testing.assert_array_equal(results[0][2], results[1][2])
+    check_sum(state, x, y, log_target)
+
+
+# ---------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_input_grad_array_scalar_upstream(n, log_target, dtype):
+    _, y = make_pair((n,), dtype, log_target, 60 + n)
+    got = cpu.input_grad_array(y, -1.5, 0.2, log_target)
+    ref = input_grad(None, y, log_target, -1.5, 0.2)
+    assert_close(got, ref, dtype, bound=4 * EPS64 * np.abs(ref), what="input grad")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_input_grad_array_elementwise_upstream(n, log_target, dtype):
+    _, y = make_pair((n,), dtype, log_target, 70 + n)
+    upstream = np.asarray(np.random.default_rng(n).uniform(-2, 2, n), dtype)
+    got = cpu.input_grad_array(y, upstream, 1.0, log_target)
+    ref = input_grad(None, y, log_target, upstream, 1.0)
+    assert_close(got, ref, dtype, bound=4 * EPS64 * np.abs(ref), what="input grad")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_target_grad_array_scalar_upstream(n, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, 80 + n)
+    got = cpu.target_grad_array(x, y, 0.75, 0.5, log_target)
+    ref = target_grad(x, y, log_target, 0.75, 0.5)
+    assert_close(got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, 0.75, 0.5),
+                 what="target grad")
+
+
+@pytest.mark.parametrize("n", SIZES)
+@log_target_param
+@dtype_param
+def test_target_grad_array_elementwise_upstream(n, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, 90 + n)
+    upstream = np.asarray(np.random.default_rng(n + 1).uniform(-2, 2, n), dtype)
+    got = cpu.target_grad_array(x, y, upstream, 1.0, log_target)
+    ref = target_grad(x, y, log_target, upstream, 1.0)
+    assert_close(got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, upstream),
+                 what="target grad")
+
+
+@log_target_param
+@dtype_param
+def test_gradients_staged_in_many_slabs(tiny_slabs, log_target, dtype):
+    shape = (3, 4, 5)
+    x, y = make_pair(shape, dtype, log_target, 100)
+    upstream = np.asarray(np.random.default_rng(7).uniform(-2, 2, shape), dtype)
+    gx = cpu.input_grad_array(strided(y), np.asfortranarray(upstream), 1.0, log_target)
+    gy = cpu.target_grad_array(np.asfortranarray(x), strided(y), upstream, 1.0, log_target)
+    assert tiny_slabs["slabs"] > 1
+    ref_x = input_grad(x, y, log_target, upstream)
+    ref_y = target_grad(x, y, log_target, upstream)
+    assert_close(gx, ref_x, dtype, bound=4 * EPS64 * np.abs(ref_x), what="input grad")
+    assert_close(gy, ref_y, dtype, bound=target_grad_error_bound(x, y, log_target, upstream),
+                 what="target grad")
+
+
+@log_target_param
+def test_gradients_keep_shape_for_fortran_inputs(log_target):
+    x, y = make_pair((7, 3, 2), np.float64, log_target, 110)
+    gx = cpu.input_grad_array(np.asfortranarray(y), 2.0, 1.0, log_target)
+    gy = cpu.target_grad_array(np.asfortranarray(x), np.asfortranarray(y), 2.0, 1.0, log_target)
+    assert gx.shape == gy.shape == x.shape
+    ref_y = target_grad(x, y, log_target, 2.0)
+    assert_close(gy, ref_y, np.float64, bound=target_grad_error_bound(x, y, log_target, 2.0))
+
+
+def test_target_grad_is_not_masked():
+    x = np.array([0.5, 0.5, 0.5])
+    y = np.array([0.0, -1.0, 1.0])
+    got = cpu.target_grad_array(x, y, 1.0, 1.0, False)
+    assert got[0] == -np.inf and math.isnan(got[1]) and got[2] == 0.5  # log 1 + 1 - 0.5
+
+
+def test_input_grad_is_masked():
+    y = np.array([0.0, -1.0, np.nan, 2.0])
+    np.testing.assert_array_equal(cpu.input_grad_array(y, 1.0, 1.0, False), [0, 0, 0, -2.0])
+
+
+def test_gradients_of_empty_arrays():
+    empty = np.zeros((0, 3), np.float16)
+    assert cpu.input_grad_array(empty, 1.0, 1.0, False).shape == (0, 3)
+    assert cpu.target_grad_array(empty, empty, empty, 1.0, True).shape == (0, 3)
