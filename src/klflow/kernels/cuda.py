@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from numba import cuda  # a module global: numba's simulator swaps it inside kernels
+from numba.core import config as numba_config
 
 from klflow.kernels import formula
 
@@ -35,7 +36,9 @@ def set_block_size(size: int | None) -> None:
     """Force a block size (a power of two ≤ 1024), or ``None`` for the device's default."""
     global _block_override
     if size is not None and (size < 1 or size > MAX_BLOCK or size & (size - 1)):
-        raise ValueError(f"a CUDA block size must be a power of two in [1, {MAX_BLOCK}], got {size}")
+        raise ValueError(
+            f"a CUDA block size must be a power of two in [1, {MAX_BLOCK}], got {size}"
+        )
     _block_override = size
 
 
@@ -61,131 +64,147 @@ def launch_config(n: int) -> tuple[int, int]:
     return blocks, block
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> Any:
-    """Compile the device functions and kernels on first use (so importing needs no GPU)."""
-    _cuda()
-    device = functools.partial(cuda.jit, device=True, inline=True)
-    from numba.core import config
+# The transcendental functions: the GPU's own; under the simulator (kernels run as Python, whose
+# math.log/exp raise where the GPU returns -inf/NaN/inf) NumPy's, which follow IEEE like the GPU.
+log, exp = (np.log, np.exp) if numba_config.ENABLE_CUDASIM else (math.log, math.exp)
+_device = functools.partial(cuda.jit, device=True, inline=True, cache=True)
+_kernel = functools.partial(cuda.jit, cache=True)
+kl_term = _device(formula.kl_term)
+kl_term_log_target = _device(formula.kl_term_log_target)
+input_grad = _device(formula.input_grad)
+input_grad_log_target = _device(formula.input_grad_log_target)
+target_grad = _device(formula.target_grad)
+target_grad_log_target = _device(formula.target_grad_log_target)
+f32_one = np.float32(1.0)
 
-    if config.ENABLE_CUDASIM:
-        # The simulator runs kernels as Python, whose math.log/exp raise where the GPU's
-        # return IEEE values (-inf, NaN, inf): use NumPy's, which follow IEEE like the GPU.
-        log, exp = np.log, np.exp
-    else:
-        log, exp = math.log, math.exp
-    kl_term = device(formula.kl_term)
-    kl_term_log_target = device(formula.kl_term_log_target)
-    input_grad = device(formula.input_grad)
-    input_grad_log_target = device(formula.input_grad_log_target)
-    target_grad = device(formula.target_grad)
-    target_grad_log_target = device(formula.target_grad_log_target)
-    f32_one = np.float32(1.0)
 
-    @device
-    def term(x, y, log_target):
-        # x * float32(1) keeps float32 (and widens float16 to float32); float64 stays float64.
-        xi = x * f32_one
-        yi = y * f32_one
-        if log_target:
-            return kl_term_log_target(xi, yi, exp(yi))
-        return kl_term(xi, yi, log(yi))
+@_device
+def term(x, y, log_target):
+    # x * float32(1) keeps float32 (and widens float16 to float32); float64 stays float64.
+    xi = x * f32_one
+    yi = y * f32_one
+    if log_target:
+        return kl_term_log_target(xi, yi, exp(yi))
+    return kl_term(xi, yi, log(yi))
 
-    @device
-    def d_input(y, log_target):
-        yi = y * f32_one
-        if log_target:
-            return input_grad_log_target(exp(yi))
-        return input_grad(yi)
 
-    @device
-    def d_target(x, y, log_target):
-        xi = x * f32_one
-        yi = y * f32_one
-        if log_target:
-            return target_grad_log_target(xi, yi, exp(yi))
-        return target_grad(xi, log(yi))
+@_device
+def d_input(y, log_target):
+    yi = y * f32_one
+    if log_target:
+        return input_grad_log_target(exp(yi))
+    return input_grad(yi)
 
-    @device
-    def block_sum(value):
-        """Fixed-order tree sum of one float64 per thread; the total is valid in thread 0."""
-        shared = cuda.shared.array(MAX_BLOCK, np.float64)
-        tid = cuda.threadIdx.x
-        shared[tid] = value
+
+@_device
+def d_target(x, y, log_target):
+    xi = x * f32_one
+    yi = y * f32_one
+    if log_target:
+        return target_grad_log_target(xi, yi, exp(yi))
+    return target_grad(xi, log(yi))
+
+
+@_device
+def block_sum(value):
+    """Fixed-order tree sum of one float64 per thread; the total is valid in thread 0."""
+    shared = cuda.shared.array(MAX_BLOCK, np.float64)
+    tid = cuda.threadIdx.x
+    shared[tid] = value
+    cuda.syncthreads()
+    width = cuda.blockDim.x // 2
+    while width > 0:
+        if tid < width:
+            shared[tid] += shared[tid + width]
         cuda.syncthreads()
-        width = cuda.blockDim.x // 2
-        while width > 0:
-            if tid < width:
-                shared[tid] += shared[tid + width]
-            cuda.syncthreads()
-            width //= 2
-        return shared[0]
+        width //= 2
+    return shared[0]
 
-    @cuda.jit
-    def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
-        start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        stride = cuda.blockDim.x * cuda.gridDim.x
-        acc = 0.0
-        for i in range(start, x.size, stride):
-            acc += term(x[i], y[i], log_target)
-            if with_grad:
-                grad[i] = coef * d_input(y[i], log_target)
-        total = block_sum(acc)
-        if cuda.threadIdx.x == 0:
-            partials[cuda.blockIdx.x] = total
 
-    @cuda.jit
-    def finish_kernel(partials, divisor, out, total_out):
-        acc = 0.0
-        for i in range(cuda.threadIdx.x, partials.size, cuda.blockDim.x):
-            acc += partials[i]
-        total = block_sum(acc)
-        if cuda.threadIdx.x == 0:
-            total_out[0] = total
-            out[0] = total if divisor == 1.0 else total / divisor
+@_kernel
+def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
+    start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    stride = cuda.blockDim.x * cuda.gridDim.x
+    acc = 0.0
+    for i in range(start, x.size, stride):
+        acc += term(x[i], y[i], log_target)
+        if with_grad:
+            grad[i] = coef * d_input(y[i], log_target)
+    total = block_sum(acc)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
 
-    @cuda.jit
-    def pointwise_kernel(x, y, log_target, out):
-        start = cuda.grid(1)
-        for i in range(start, x.size, cuda.gridsize(1)):
-            out[i] = term(x[i], y[i], log_target)
 
-    @cuda.jit
-    def input_grad_kernel(y, upstream, coef, log_target, out):
-        start = cuda.grid(1)
-        single = upstream.size == 1
-        for i in range(start, y.size, cuda.gridsize(1)):
-            u = upstream[0] if single else upstream[i]
-            out[i] = coef * np.float64(u) * d_input(y[i], log_target)
+@_kernel
+def finish_kernel(partials, divisor, out, total_out):
+    acc = 0.0
+    for i in range(cuda.threadIdx.x, partials.size, cuda.blockDim.x):
+        acc += partials[i]
+    total = block_sum(acc)
+    if cuda.threadIdx.x == 0:
+        total_out[0] = total
+        out[0] = total if divisor == 1.0 else total / divisor
 
-    @cuda.jit
-    def target_grad_kernel(x, y, upstream, coef, log_target, out):
-        start = cuda.grid(1)
-        single = upstream.size == 1
-        for i in range(start, y.size, cuda.gridsize(1)):
-            u = upstream[0] if single else upstream[i]
-            out[i] = coef * np.float64(u) * d_target(x[i], y[i], log_target)
 
-    @cuda.jit
-    def cast_kernel(source, out):
-        for i in range(cuda.grid(1), source.size, cuda.gridsize(1)):
-            out[i] = source[i]
+@_kernel
+def pointwise_kernel(x, y, log_target, out):
+    start = cuda.grid(1)
+    for i in range(start, x.size, cuda.gridsize(1)):
+        out[i] = term(x[i], y[i], log_target)
 
-    @cuda.jit
-    def fill_kernel(out, value):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = value
 
-    @cuda.jit
-    def add_kernel(a, b, out):
-        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-            out[i] = a[i] + b[i]
+@_kernel
+def input_grad_kernel(y, upstream, coef, log_target, out):
+    start = cuda.grid(1)
+    single = upstream.size == 1
+    for i in range(start, y.size, cuda.gridsize(1)):
+        u = upstream[0] if single else upstream[i]
+        out[i] = coef * np.float64(u) * d_input(y[i], log_target)
 
-    return dict(
-        sum=sum_kernel, finish=finish_kernel, pointwise=pointwise_kernel,
-        input_grad=input_grad_kernel, target_grad=target_grad_kernel,
-        cast=cast_kernel, fill=fill_kernel, add=add_kernel,
-    )
+
+@_kernel
+def target_grad_kernel(x, y, upstream, coef, log_target, out):
+    start = cuda.grid(1)
+    single = upstream.size == 1
+    for i in range(start, y.size, cuda.gridsize(1)):
+        u = upstream[0] if single else upstream[i]
+        out[i] = coef * np.float64(u) * d_target(x[i], y[i], log_target)
+
+
+@_kernel
+def cast_kernel(source, out):
+    for i in range(cuda.grid(1), source.size, cuda.gridsize(1)):
+        out[i] = source[i]
+
+
+@_kernel
+def fill_kernel(out, value):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = value
+
+
+@_kernel
+def add_kernel(a, b, out):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
+KERNELS = dict(
+    sum=sum_kernel,
+    finish=finish_kernel,
+    pointwise=pointwise_kernel,
+    input_grad=input_grad_kernel,
+    target_grad=target_grad_kernel,
+    cast=cast_kernel,
+    fill=fill_kernel,
+    add=add_kernel,
+)
+
+
+def _kernels() -> dict[str, Any]:
+    """The kernels, once a usable device (or the simulator) is confirmed."""
+    _cuda()
+    return KERNELS
 
 
 # ------------------------------------------------------------------ layout helpers
@@ -288,16 +307,31 @@ def _upstream_array(upstream: Any, dtype: np.dtype) -> Any:
 def input_grad_array(y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
     out = _empty(y.shape, y.dtype)
     if y.size:
-        _launch(_kernels()["input_grad"], y.size, _flat(y), _upstream_array(upstream, y.dtype),
-                float(coef), log_target, _flat(out))
+        _launch(
+            _kernels()["input_grad"],
+            y.size,
+            _flat(y),
+            _upstream_array(upstream, y.dtype),
+            float(coef),
+            log_target,
+            _flat(out),
+        )
     return out
 
 
 def target_grad_array(x: Any, y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
     out = _empty(y.shape, y.dtype)
     if y.size:
-        _launch(_kernels()["target_grad"], y.size, _flat(x), _flat(y),
-                _upstream_array(upstream, y.dtype), float(coef), log_target, _flat(out))
+        _launch(
+            _kernels()["target_grad"],
+            y.size,
+            _flat(x),
+            _flat(y),
+            _upstream_array(upstream, y.dtype),
+            float(coef),
+            log_target,
+            _flat(out),
+        )
     return out
 
 

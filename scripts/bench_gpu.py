@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""klflow on an NVIDIA GPU against the memory floor, PyTorch eager and torch.compile, in one run.
+
+    python scripts/bench_gpu.py [--log2n 28] [--reps 30] [--no-compile] [--json out.json]
+
+It first checks correctness on fresh random data against a float64 reference (PyTorch in float64
+when present, else NumPy), then times with CUDA events (median of ``--reps`` after warm-up):
+a device-to-device copy (the bandwidth ceiling), klflow ``sum``, ``batchmean``, ``none`` and
+forward+backward on 2^log2n float32 elements, the bare klflow kernels with preallocated buffers,
+PyTorch eager ``F.kl_div`` and ``torch.compile`` of it. Floors: a reduction reads 8 bytes per
+element, ``none`` adds a 4-byte write, forward+backward also writes a 4-byte gradient; each floor is
+those bytes over the measured copy bandwidth (bytes read + written per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import klflow as flow  # noqa: E402
+import klflow.nn.functional as F  # noqa: E402
+
+FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np
+import klflow as flow
+from numba import cuda
+x = flow.tensor(np.full(1 << 20, -1.0, np.float32), device="cuda")
+y = flow.tensor(np.full(1 << 20, 0.5, np.float32), device="cuda")
+loss = flow.nn.functional.kl_div(x, y, reduction="sum")
+cuda.synchronize()
+value = loss.item()
+print(f"{time.perf_counter() - start:.3f}")
+"""
+
+
+def timed(fn, reps: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` measured with CUDA events on the default stream."""
+    from numba import cuda
+
+    for _ in range(warmup):
+        fn()
+    cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, stop = cuda.event(), cuda.event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop))
+    return statistics.median(samples)
+
+
+def first_call_seconds() -> list[float]:
+    """Wall time of a fresh process's first loss (imports and JIT included): cold, then cached."""
+    times = []
+    for _ in range(2):
+        root = Path(__file__).resolve().parents[1]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                              cwd=root, env=env)
+        if done.returncode != 0:
+            print(done.stderr[-2000:], file=sys.stderr)
+            times.append(float("nan"))
+        else:
+            times.append(float(done.stdout.strip().splitlines()[-1]))
+    return times
+
+
+def check_correctness(n: int) -> list[str]:
+    """klflow against an independent float64 reference on fresh random data; returns failures."""
+    rng = np.random.default_rng(int(time.time()))
+    problems = []
+    for dtype, tolerance in ((np.float32, 2e-6), (np.float64, 1e-12), (np.float16, 2e-3)):
+        x = rng.standard_normal(n).astype(dtype)
+        y = rng.random(n).astype(dtype)
+        y[:: 97] = 0
+        xd, yd = x.astype(np.float64), y.astype(np.float64)
+        for log_target in (False, True):
+            if log_target:
+                terms = np.exp(yd) * (yd - xd)
+            else:
+                terms = np.where(yd > 0, yd * (np.log(np.where(yd > 0, yd, 1)) - xd), 0)
+            xt, yt = flow.tensor(x, device="cuda"), flow.tensor(y, device="cuda")
+            for reduction in ("none", "sum", "mean", "batchmean"):
+                got = F.kl_div(xt, yt, reduction=reduction, log_target=log_target).numpy().astype(np.float64)
+                ref = terms if reduction == "none" else np.sum(terms) / {"sum": 1, "mean": n, "batchmean": n}[reduction]
+                error = float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+                if not error <= tolerance:
+                    problems.append(f"{np.dtype(dtype).name} log_target={log_target} {reduction}: rel.err {error:.2e}")
+            first = F.kl_div(xt, yt, reduction="sum", log_target=log_target).numpy().tobytes()
+            if any(F.kl_div(xt, yt, reduction="sum", log_target=log_target).numpy().tobytes() != first for _ in range(3)):
+                problems.append(f"{np.dtype(dtype).name} log_target={log_target}: sum differs between runs")
+        xg = flow.tensor(x, device="cuda", requires_grad=True)
+        F.kl_div(xg, flow.tensor(y, device="cuda"), reduction="batchmean").backward()
+        ref_grad = np.where(yd > 0, -yd, 0) / n
+        error = float(np.max(np.abs(xg.grad.numpy().astype(np.float64) - ref_grad)) / np.max(np.abs(ref_grad)))
+        if not error <= tolerance:
+            problems.append(f"{np.dtype(dtype).name} gradient: rel.err {error:.2e}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log2n", type=int, default=28)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--check-log2n", type=int, default=22)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from numba import cuda
+
+    from klflow.kernels import cuda as kernels
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the machine
+        torch = None
+    if hasattr(cuda, "get_current_device"):
+        device = cuda.get_current_device()
+        name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
+    else:
+        name = "numba CUDA simulator (a dry run: timings mean nothing)"
+    n = 1 << args.log2n
+    results: dict[str, float] = {}
+    report = {"device": name, "date": datetime.date.today().isoformat(), "n": n, "results": results}
+    print(f"device: {name}; n = 2^{args.log2n} float32; {datetime.date.today()}", flush=True)
+
+    report["first_call_s"] = first_call_seconds()
+    print(f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}", flush=True)
+
+    problems = check_correctness(1 << args.check_log2n)
+    report["correctness_problems"] = problems
+    print("correctness:", "ok" if not problems else problems, flush=True)
+
+    rng = np.random.default_rng(1)
+    x_host = rng.standard_normal(n, dtype=np.float32)
+    y_host = rng.random(n, dtype=np.float32)
+    x = cuda.to_device(x_host)
+    y = cuda.to_device(y_host)
+    copy_target = cuda.device_array_like(x)
+    copy_ms = timed(lambda: copy_target.copy_to_device(x), args.reps)
+    bandwidth = 2 * 4 * n / (max(copy_ms, 1e-6) * 1e-3)  # bytes read + written per second
+    results["copy"] = copy_ms
+    floors = {"reduce": 8 * n / bandwidth * 1e3, "none": 12 * n / bandwidth * 1e3, "fwd+bwd": 12 * n / bandwidth * 1e3}
+    report["bandwidth_GBps"] = bandwidth / 1e9
+    report["floors_ms"] = floors
+    print(f"copy {copy_ms:.3f} ms -> {bandwidth / 1e9:.0f} GB/s; floors {floors}", flush=True)
+
+    xt, yt = flow.Tensor(x, device=flow.device("cuda")), flow.Tensor(y, device=flow.device("cuda"))
+    for reduction in ("sum", "batchmean", "none"):
+        results[f"klflow {reduction}"] = timed(lambda r=reduction: F.kl_div(xt, yt, reduction=r), args.reps)
+
+    def klflow_forward_backward():
+        xg = flow.Tensor(x, device=flow.device("cuda"), requires_grad=True)
+        F.kl_div(xg, yt, reduction="sum").backward()
+
+    results["klflow fwd+bwd"] = timed(klflow_forward_backward, args.reps)
+
+    blocks, threads = kernels.launch_config(n)
+    partials = cuda.device_array(blocks, np.float64)
+    grad = cuda.device_array_like(x)
+    out, total = cuda.device_array(1, np.float32), cuda.device_array(1, np.float64)
+
+    def bare_sum(with_grad=False):
+        kernels.sum_kernel[blocks, threads](x, y, False, 1.0, grad, with_grad, partials)
+        kernels.finish_kernel[1, 1024](partials, 1.0, out, total)
+
+    results["kernel sum (preallocated)"] = timed(bare_sum, args.reps)
+    results["kernel fwd+bwd (preallocated)"] = timed(lambda: bare_sum(True), args.reps)
+
+    if torch is not None:
+        tx = torch.as_tensor(x, device="cuda")
+        ty = torch.as_tensor(y, device="cuda")
+        kl = torch.nn.functional.kl_div
+        results["torch eager sum"] = timed(lambda: kl(tx, ty, reduction="sum"), args.reps)
+        results["torch eager none"] = timed(lambda: kl(tx, ty, reduction="none"), args.reps)
+
+        def torch_forward_backward(fn=kl):
+            leaf = tx.detach().requires_grad_()
+            fn(leaf, ty, reduction="sum").backward()
+
+        results["torch eager fwd+bwd"] = timed(torch_forward_backward, args.reps)
+        results["klflow sum, torch tensors in (zero-copy)"] = timed(lambda: F.kl_div(tx, ty, reduction="sum"), args.reps)
+        if not args.no_compile:
+            try:
+                compiled = torch.compile(lambda a, b: kl(a, b, reduction="sum"))
+                results["torch.compile sum"] = timed(lambda: compiled(tx, ty), args.reps, warmup=3)
+                compiled_fb = torch.compile(lambda a, b: kl(a, b, reduction="sum"))
+                results["torch.compile fwd+bwd"] = timed(lambda: torch_forward_backward(compiled_fb), args.reps, warmup=3)
+            except Exception as err:  # pragma: no cover - depends on the installation
+                print(f"torch.compile unavailable: {type(err).__name__}: {err}", file=sys.stderr)
+
+    print()
+    print(f"| {'variant':<42} | {'median ms':>9} | {'× floor':>7} | {'× klflow':>8} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 10}|")
+    for key, ms in results.items():
+        if key == "copy":
+            floor = ms
+        elif "none" in key:
+            floor = floors["none"]
+        elif "fwd+bwd" in key:
+            floor = floors["fwd+bwd"]
+        else:
+            floor = floors["reduce"]
+        mine = results.get("klflow fwd+bwd" if "fwd+bwd" in key else "klflow none" if "none" in key else "klflow sum")
+        print(f"| {key:<42} | {ms:>9.3f} | {ms / max(floor, 1e-9):>7.2f} | {ms / max(mine, 1e-9):>8.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
