@@ -46,7 +46,7 @@ def from_numpy_dtype(np_dtype: Any) -> dtype:
     """The klflow dtype for a NumPy dtype; anything but float16/32/64 is a ``TypeError``."""
     np_dtype = np.dtype(np_dtype)
     try:
-        return _BY_NUMPY[np_dtype]
+        return _BY_NUMPY[np_dtype.newbyteorder("=")]  # '>f8' is float64 data too
     except KeyError:
         raise TypeError(
             f"klflow tensors hold floating-point data only (float16, float32, float64); "

@@ -367,28 +367,33 @@ def _parse_to_args(args: tuple, kwargs: dict) -> tuple[dtypes.dtype | None, Devi
 
 
 # --------------------------------------------------------------------- construction
-def _host_array(data: Any, dtype: dtypes.dtype | None) -> np.ndarray:
-    """Turn scalars, nested lists and ``__array__`` objects into a host array of a float dtype."""
-    if isinstance(data, np.ndarray):
-        array = data
-    else:
-        try:
-            array = np.asarray(data)
-        except (ValueError, TypeError) as err:
-            raise TypeError(f"cannot build a tensor from {type(data).__name__}: {err}") from None
-        if array.dtype == object:
-            raise TypeError(
-                f"cannot build a tensor from {type(data).__name__}: the nested sequences are "
-                f"ragged or hold non-numeric items"
-            )
-        if dtype is None and array.dtype == np.float64 and not _is_array_like(data):
-            array = array.astype(np.float32)  # Python floats default to float32, as in OneFlow
-    if dtype is not None:
-        if array.dtype.kind not in "fiub":
-            dtypes.from_numpy_dtype(array.dtype)  # raises the TypeError naming the dtype
+def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray:
+    """Scalars, nested lists, buffers and ``__array__`` objects as a native-order float array.
+
+    With ``copy`` the result never shares memory with ``data``. Python scalars and lists default
+    to float32 (as in OneFlow); typed data (NumPy arrays, buffers, ``__array__``) keeps its dtype.
+    """
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError) as err:
+        raise TypeError(f"cannot build a tensor from {type(data).__name__}: {err}") from None
+    if array.dtype == object:
+        raise TypeError(
+            f"cannot build a tensor from {type(data).__name__}: the nested sequences are "
+            f"ragged or hold non-numeric items"
+        )
+    if dtype is None:
+        python_data = isinstance(data, (float, int, list, tuple)) and not isinstance(data, np.generic)
+        if python_data and array.dtype == np.float64:
+            dtype = dtypes.float32
+        else:
+            dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
+    elif array.dtype.kind not in "fiub":
+        dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
+    # numba kernels need native byte order; asarray/array below also make the copy when asked.
+    if copy:
         return np.array(array, dtype=dtype.numpy, copy=True)
-    dtypes.from_numpy_dtype(array.dtype)  # integers, bools, complex: TypeError naming the dtype
-    return array
+    return np.asarray(array, dtype=dtype.numpy)
 
 
 def _is_device_data(data: Any) -> bool:
@@ -399,10 +404,6 @@ def _is_device_data(data: Any) -> bool:
 
         return cuda.is_device_array(data)
     return False
-
-
-def _is_array_like(data: Any) -> bool:
-    return hasattr(data, "__array__") or hasattr(data, "__array_interface__")
 
 
 def tensor(
@@ -440,10 +441,7 @@ def tensor(
             out = Tensor(_copy_data(out), device=out.device)
         out.requires_grad = requires_grad
         return out
-    host = _host_array(data, resolved)
-    if host is data:
-        host = host.copy()
-    out = Tensor(host)
+    out = Tensor(_host_array(data, resolved, copy=True))
     if target_device is not None and target_device.type != "cpu":
         out = out.to(target_device)
     out.requires_grad = requires_grad
@@ -469,6 +467,11 @@ def from_numpy(array: np.ndarray) -> Tensor:
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(array).__name__}")
     dtypes.from_numpy_dtype(array.dtype)
+    if not array.dtype.isnative:
+        raise TypeError(
+            f"from_numpy cannot share memory with an array in non-native byte order "
+            f"({array.dtype.str}); use klflow.tensor(array), which converts it"
+        )
     return Tensor(array)
 
 
@@ -482,7 +485,7 @@ def as_tensor_arg(value: Any, name: str) -> Tensor:
         wrapped = cuda.wrap_interface(value)
         return Tensor(wrapped, device=cuda.device_of(wrapped))
     try:
-        host = _host_array(value, None)
+        host = _host_array(value, None, copy=False)
     except TypeError as err:
         raise TypeError(f"{name}: {err}") from None
     return Tensor(host)
