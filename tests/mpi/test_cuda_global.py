@@ -1,0 +1,64 @@
+"""Global tensors on a CUDA placement: each rank computes on its GPU, partial sums meet on the host.
+
+Skipped without a GPU; scripts/test also runs it under numba's simulator on 2 ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_everywhere
+from helpers import local_piece, seeded
+
+import klflow as flow
+import klflow.nn.functional as F
+
+pytestmark = pytest.mark.skipif(not flow.cuda.is_available(), reason="no CUDA device or simulator")
+
+
+@pytest.fixture(autouse=True)
+def small_blocks():
+    from numba.core import config
+
+    from klflow.kernels import cuda as kernels
+
+    kernels.set_block_size(8 if config.ENABLE_CUDASIM else None)
+    yield
+    kernels.set_block_size(None)
+
+
+def _global(full, sbp, requires_grad=False):
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    local = local_piece(full, sbp.dim, rank, size) if sbp.is_split else full
+    t = flow.tensor(local, device=flow.cuda.rank_device()).to_global(flow.placement.all("cuda"), sbp)
+    t.requires_grad = requires_grad
+    return t
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
+@pytest.mark.parametrize("sbp", [flow.sbp.split(0), flow.sbp.split(1), flow.sbp.broadcast], ids=str)
+def test_cuda_placement_matches_the_cpu_reference(world, sbp, reduction):
+    x_full = seeded((13, 5), np.float64, seed=1)
+    y_full = seeded((13, 5), np.float64, seed=2, positive=True)
+    x = _global(x_full, sbp, requires_grad=True)
+    out = F.kl_div(x, _global(y_full, sbp), reduction=reduction)
+    assert_everywhere(out.to_local().is_cuda, "output component is not on the GPU")
+    expected = F.kl_div(x_full, y_full, reduction=reduction).numpy()
+    assert_everywhere(np.allclose(out.numpy(), expected, rtol=1e-13, atol=0), f"{out.numpy()} vs {expected}")
+    if reduction == "none":
+        out.backward(flow.tensor(np.ones(out.to_local().shape), device=out.to_local().device)
+                     .to_global(out.placement, out.sbp))
+        upstream = 1.0
+    else:
+        out.backward()
+        upstream = 1.0 / {"sum": 1, "batchmean": 13}[reduction]
+    assert_everywhere(x.grad.sbp == (sbp,) and x.grad.to_local().is_cuda)
+    assert_everywhere(np.allclose(x.grad.numpy(), -y_full * upstream, rtol=1e-13, atol=0))
+
+
+def test_cuda_boxing_stages_through_the_host(world):
+    full = seeded((9, 4), np.float32, seed=3)
+    x = _global(full, flow.sbp.split(0))
+    for target in (flow.sbp.broadcast, flow.sbp.split(1), flow.sbp.partial_sum):
+        y = x.to_global(sbp=target)
+        assert_everywhere(y.to_local().is_cuda and np.array_equal(y.numpy(), full), f"{target}")
