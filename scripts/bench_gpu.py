@@ -140,6 +140,20 @@ def main() -> int:
     report = {"device": name, "date": datetime.date.today().isoformat(), "n": n, "results": results}
     print(f"device: {name}; n = 2^{args.log2n} float32; {datetime.date.today()}", flush=True)
 
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
+    def record(key: str, measure) -> None:
+        """Time one variant and report it at once, so a cut-short run still leaves its numbers."""
+        try:
+            results[key] = measure()
+        except Exception as err:  # one broken variant must not lose the others
+            print(f"  {key}: failed: {type(err).__name__}: {err}", flush=True)
+            return
+        print(f"  {key}: {results[key]:.3f} ms", flush=True)
+        save()
+
     report["first_call_s"] = first_call_seconds()
     print(f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}", flush=True)
 
@@ -163,13 +177,13 @@ def main() -> int:
 
     xt, yt = flow.Tensor(x, device=flow.device("cuda")), flow.Tensor(y, device=flow.device("cuda"))
     for reduction in ("sum", "batchmean", "none"):
-        results[f"klflow {reduction}"] = timed(lambda r=reduction: F.kl_div(xt, yt, reduction=r), args.reps)
+        record(f"klflow {reduction}", lambda: timed(lambda r=reduction: F.kl_div(xt, yt, reduction=r), args.reps))
 
     def klflow_forward_backward():
         xg = flow.Tensor(x, device=flow.device("cuda"), requires_grad=True)
         F.kl_div(xg, yt, reduction="sum").backward()
 
-    results["klflow fwd+bwd"] = timed(klflow_forward_backward, args.reps)
+    record("klflow fwd+bwd", lambda: timed(klflow_forward_backward, args.reps))
 
     blocks, threads = kernels.launch_config(n)
     partials = cuda.device_array(blocks, np.float64)
@@ -180,28 +194,28 @@ def main() -> int:
         kernels.sum_kernel[blocks, threads](x, y, False, 1.0, grad, with_grad, partials)
         kernels.finish_kernel[1, 1024](partials, 1.0, out, total)
 
-    results["kernel sum (preallocated)"] = timed(bare_sum, args.reps)
-    results["kernel fwd+bwd (preallocated)"] = timed(lambda: bare_sum(True), args.reps)
+    record("kernel sum (preallocated)", lambda: timed(bare_sum, args.reps))
+    record("kernel fwd+bwd (preallocated)", lambda: timed(lambda: bare_sum(True), args.reps))
 
     if torch is not None:
         tx = torch.as_tensor(x, device="cuda")
         ty = torch.as_tensor(y, device="cuda")
         kl = torch.nn.functional.kl_div
-        results["torch eager sum"] = timed(lambda: kl(tx, ty, reduction="sum"), args.reps)
-        results["torch eager none"] = timed(lambda: kl(tx, ty, reduction="none"), args.reps)
+        record("torch eager sum", lambda: timed(lambda: kl(tx, ty, reduction="sum"), args.reps))
+        record("torch eager none", lambda: timed(lambda: kl(tx, ty, reduction="none"), args.reps))
 
         def torch_forward_backward(fn=kl):
             leaf = tx.detach().requires_grad_()
             fn(leaf, ty, reduction="sum").backward()
 
-        results["torch eager fwd+bwd"] = timed(torch_forward_backward, args.reps)
-        results["klflow sum, torch tensors in (zero-copy)"] = timed(lambda: F.kl_div(tx, ty, reduction="sum"), args.reps)
+        record("torch eager fwd+bwd", lambda: timed(torch_forward_backward, args.reps))
+        record("klflow sum, torch tensors in (zero-copy)", lambda: timed(lambda: F.kl_div(tx, ty, reduction="sum"), args.reps))
         if not args.no_compile:
             try:
                 compiled = torch.compile(lambda a, b: kl(a, b, reduction="sum"))
-                results["torch.compile sum"] = timed(lambda: compiled(tx, ty), args.reps, warmup=3)
+                record("torch.compile sum", lambda: timed(lambda: compiled(tx, ty), args.reps, warmup=3))
                 compiled_fb = torch.compile(lambda a, b: kl(a, b, reduction="sum"))
-                results["torch.compile fwd+bwd"] = timed(lambda: torch_forward_backward(compiled_fb), args.reps, warmup=3)
+                record("torch.compile fwd+bwd", lambda: timed(lambda: torch_forward_backward(compiled_fb), args.reps, warmup=3))
             except Exception as err:  # pragma: no cover - depends on the installation
                 print(f"torch.compile unavailable: {type(err).__name__}: {err}", file=sys.stderr)
 
@@ -219,8 +233,7 @@ def main() -> int:
             floor = floors["reduce"]
         mine = results.get("klflow fwd+bwd" if "fwd+bwd" in key else "klflow none" if "none" in key else "klflow sum")
         print(f"| {key:<42} | {ms:>9.3f} | {ms / max(floor, 1e-9):>7.2f} | {ms / max(mine, 1e-9):>8.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    save()
     return 0 if not problems else 1
 
 

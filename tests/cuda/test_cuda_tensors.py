@@ -87,3 +87,22 @@ def test_global_cuda_placement_on_one_rank():
     assert x.grad.numpy().tolist() == [[-0.25, -0.75]]
     b = x.detach().to_global(sbp=flow.sbp.broadcast)
     assert b.to_local().is_cuda and b.numpy().tolist() == [[0.5, 1.0]]
+
+
+def test_device_buffers_are_reused_only_after_their_array_dies():
+    import gc
+
+    from klflow.kernels import cuda as kernels
+
+    kernels.empty_cache()
+    kept = kernels.full((4,), 1.0, np.float32)
+    other = kernels.full((4,), 2.0, np.float32)  # kept is alive: this must be another buffer
+    assert kept.copy_to_host().tolist() == [1.0] * 4
+    del other
+    gc.collect()
+    assert len(kernels._free_buffers[16]) == 1  # returned to the cache, not to the driver
+    reused = kernels.full((2, 2), 3.0, np.float32)
+    assert len(kernels._free_buffers[16]) == 0 and reused.shape == (2, 2)
+    assert kept.copy_to_host().tolist() == [1.0] * 4 and reused.copy_to_host().sum() == 12.0
+    kernels.empty_cache()
+    assert not any(kernels._free_buffers.values())

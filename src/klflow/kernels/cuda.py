@@ -17,9 +17,12 @@ tail paths run.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -249,8 +252,54 @@ def _contiguous_copy(array: Any) -> Any:
     return cuda.to_device(np.ascontiguousarray(array.copy_to_host()))
 
 
+# Freed device buffers by byte size, reused by later allocations of the same size. Every klflow
+# kernel runs on the default stream, so work on a recycled buffer is queued after the work of its
+# previous owner: the reuse needs no synchronisation. Without this each call would pay for a
+# cuMemAlloc, and numba's batched cuMemFree, which synchronises the device.
+_free_buffers: dict[int, list[Any]] = collections.defaultdict(list)
+_pool_lock = threading.Lock()
+
+
+def _allocate(nbytes: int) -> Any:
+    try:
+        return cuda.device_array(nbytes, dtype=np.uint8)
+    except Exception:  # out of memory: hand the cached buffers back to the driver and retry
+        empty_cache()
+        return cuda.device_array(nbytes, dtype=np.uint8)
+
+
 def _empty(shape: tuple[int, ...], dtype: np.dtype) -> Any:
-    return _cuda().device_array(shape, dtype=dtype)
+    """An uninitialised device array from the buffer cache; its buffer returns when it dies.
+
+    The buffer goes back to the cache when the returned array is garbage-collected, so only that
+    array (or objects holding it, such as a Tensor or another framework's view through
+    ``__cuda_array_interface__``) may escape: derive nothing that outlives it.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = max(math.prod(shape) * dtype.itemsize, dtype.itemsize)
+    with _pool_lock:
+        cached = _free_buffers[nbytes]
+        base = cached.pop() if cached else None
+    if base is None:
+        base = _allocate(nbytes)
+    count = math.prod(shape)
+    array = base.view(dtype)[:count].reshape(shape)
+    weakref.finalize(array, _recycle, nbytes, base)
+    return array
+
+
+def _recycle(nbytes: int, base: Any) -> None:
+    with _pool_lock:
+        _free_buffers[nbytes].append(base)
+
+
+def empty_cache() -> None:
+    """Give every cached, unused device buffer back to the driver."""
+    with _pool_lock:
+        _free_buffers.clear()
+    deallocations = getattr(cuda.current_context(), "deallocations", None)  # none in the simulator
+    if deallocations is not None:
+        deallocations.clear()
 
 
 def _launch(kernel: Any, n: int, *args: Any) -> None:
@@ -281,11 +330,11 @@ class DeviceTotal:
 
     def finish(self, divisor: int, dtype: np.dtype) -> Any:
         kernels = _kernels()
-        out = _empty((1,), np.dtype(dtype))
+        out = _empty((), np.dtype(dtype))
         self.total = _empty((1,), np.float64)
         threads = launch_config(self.partials.size * MAX_BLOCK)[1]
-        kernels["finish"][1, threads](self.partials, float(divisor), out, self.total)
-        return out.reshape(())
+        kernels["finish"][1, threads](self.partials, float(divisor), _flat(out), self.total)
+        return out
 
     def to_state(self) -> np.ndarray:
         from klflow.kernels import exact_sum
