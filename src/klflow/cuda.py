@@ -148,3 +148,11 @@ def add(a: Any, b: Any) -> Any:
     from klflow.kernels import cuda as kernels
 
     return kernels.add(a, b)
+
+
+def empty_cache() -> None:
+    """Give klflow's cached, unused GPU buffers back to the driver (like torch.cuda.empty_cache)."""
+    if is_available():
+        from klflow.kernels import cuda as kernels
+
+        kernels.empty_cache()
