@@ -26,7 +26,12 @@ def _data(n, dtype, log_target, seed=0):
 
 def _close(got, expected, dtype):
     got = np.asarray(got, np.float64)
-    expected = np.asarray(expected, np.float64)
+    # Compare with the reference rounded to the dtype: a float16 sum of 4M terms is inf.
+    expected = np.asarray(expected, np.float64).astype(dtype).astype(np.float64)
+    if not np.array_equal(np.isfinite(got), np.isfinite(expected)):
+        return False
+    finite = np.isfinite(expected)
+    got, expected = got[finite], expected[finite]
     scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1e-30)
     return float(np.max(np.abs(got - expected))) / scale <= TOLERANCE[dtype] if expected.size else True
 
