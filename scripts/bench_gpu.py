@@ -169,7 +169,13 @@ def main() -> int:
         save()
 
     report["first_call_s"] = first_call_seconds()
-    print(f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}", flush=True)
+    baseline = subprocess.run(
+        [sys.executable, "-c", "import time; t = time.perf_counter(); from numba import cuda; "
+         "cuda.current_context(); print(f'{time.perf_counter() - t:.3f}')"],
+        capture_output=True, text=True)
+    report["numba_cuda_import_and_context_s"] = baseline.stdout.strip()
+    print(f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}; "
+          f"of which importing numba.cuda and creating the context: {baseline.stdout.strip()} s", flush=True)
 
     problems = check_correctness(1 << args.check_log2n)
     report["correctness_problems"] = problems
@@ -236,13 +242,16 @@ def main() -> int:
     print("\n".join(text.getvalue().splitlines()[:30]), flush=True)
 
     sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1) if hasattr(cuda, "get_current_device") else 1
-    for block in (128, 256, 512, 1024):
-        for waves in (1, 2, 4):
-            grid = sms * (2048 // block) * waves
-            parts = cuda.device_array(grid, np.float64)
-            record(f"kernel sum block {block} grid {grid}",
-                   lambda g=grid, b=block, p=parts: timed(
-                       lambda: kernels.sum_kernel[g, b](x, y, False, 1.0, grad, False, p), args.reps))
+    if kernels.sum_kernel_f32x4 is not None:
+        for block in (256, 512, 1024):
+            for waves in (1, 2):
+                grid = sms * (2048 // block) * waves
+                parts = cuda.device_array(grid, np.float64)
+                record(f"kernel f32x4 sum block {block} grid {grid}",
+                       lambda g=grid, b=block, p=parts: timed(
+                           lambda: kernels.sum_kernel_f32x4[g, b](x, y, False, 1.0, grad, False, p), args.reps))
+        record("kernel f32x4 fwd+bwd (preallocated)", lambda: timed(
+            lambda: kernels.sum_kernel_f32x4[blocks, threads](x, y, False, 1.0, grad, True, partials), args.reps))
 
     if torch is not None:
         tx = torch.as_tensor(x, device="cuda")

@@ -77,7 +77,9 @@ def gradient_seed(t: Tensor) -> Tensor:
         from klflow.distributed import api
 
         return api.gradient_seed(t)
-    return Tensor(full(t._data.shape, 1.0, t.dtype, t.device), device=t.device)
+    seed = Tensor(full(t._data.shape, 1.0, t.dtype, t.device), device=t.device)
+    seed._fill_value = 1.0  # lets the loss's backward skip reading it back from a GPU
+    return seed
 
 
 def full(shape: tuple[int, ...], value: float, dtype: dtypes.dtype, device: Device) -> Any:

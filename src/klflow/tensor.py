@@ -54,6 +54,8 @@ class Tensor:
         self._device = device
         self._dtype = dtypes.from_numpy_dtype(data.dtype)
         self._global = global_info
+        self._exact = None  # exact-sum record of a partial-sum loss (see distributed.loss)
+        self._fill_value = None  # set when every element is known to be this value (a seed)
         self.grad_fn = grad_fn
         self.grad: Tensor | None = None
         self._requires_grad = bool(requires_grad) or grad_fn is not None
@@ -128,7 +130,7 @@ class Tensor:
     def detach(self) -> Tensor:
         """A tensor sharing this one's data, cut from the graph (``requires_grad=False``)."""
         out = Tensor(self._data, device=self._device, global_info=self._global)
-        out._exact = getattr(self, "_exact", None)
+        out._exact = self._exact
         return out
 
     def backward(

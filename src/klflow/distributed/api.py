@@ -174,7 +174,7 @@ def box(t: Tensor, spec: GlobalSpec) -> Tensor:
     """``t`` redistributed to ``spec`` (no autograd recording; t itself if nothing changes)."""
     if t._global == spec:
         return t
-    local = boxing.redistribute(_host(t), t._global, spec, getattr(t, "_exact", None))
+    local = boxing.redistribute(_host(t), t._global, spec, t._exact)
     return make_global(local, spec)
 
 
@@ -278,7 +278,9 @@ def gradient_seed(t: Tensor) -> Tensor:
     """A logical 1 with the layout of ``t``'s gradient (broadcast for a partial-sum loss)."""
     spec = gradient_spec(t._global)
     local_shape = spec.component_shape(_my_index(spec.placement))
-    return make_global(np.ones(local_shape, dtype=t.dtype.numpy), spec)
+    seed = make_global(np.ones(local_shape, dtype=t.dtype.numpy), spec)
+    seed._fill_value = 1.0
+    return seed
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:
@@ -293,4 +295,4 @@ def add(a: Tensor, b: Tensor) -> Tensor:
 
 def materialize(t: Tensor) -> np.ndarray:
     """The logical value of a global tensor as a host array, on every rank (collective)."""
-    return boxing.logical_value(_host(t), t._global, getattr(t, "_exact", None))
+    return boxing.logical_value(_host(t), t._global, t._exact)

@@ -68,7 +68,9 @@ class GlobalLossNode(graph.Node):
                 if self.needs_input_grad(i) else None
                 for i, spec in enumerate(self.input_specs)
             )
-        local_grads = self.local_node.backward(Tensor(grad._data, device=grad.device))
+        local_grad = Tensor(grad._data, device=grad.device)
+        local_grad._fill_value = grad._fill_value
+        local_grads = self.local_node.backward(local_grad)
         return tuple(
             None if g is None else Tensor(g._data, device=g.device, global_info=spec)
             for g, spec in zip(local_grads, self.input_specs)

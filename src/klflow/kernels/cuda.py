@@ -52,17 +52,31 @@ def _cuda() -> Any:
     return klflow_cuda._cuda()
 
 
-def launch_config(n: int) -> tuple[int, int]:
-    """(blocks, threads per block) for ``n`` elements on the current device."""
-    cuda = _cuda()
+@functools.lru_cache(maxsize=None)
+def _device_limits(device_id: int) -> tuple[int, int, int]:
+    """(multiprocessors, threads per multiprocessor, threads per block) of a device, asked once."""
     # The simulator has no device object; its defaults (one multiprocessor) still exercise tails.
     get_device = getattr(cuda, "get_current_device", None)
     device = get_device() if get_device is not None else None
+    return (
+        getattr(device, "MULTIPROCESSOR_COUNT", 1),
+        getattr(device, "MAX_THREADS_PER_MULTIPROCESSOR", 0),
+        getattr(device, "MAX_THREADS_PER_BLOCK", MAX_BLOCK),
+    )
+
+
+def _current_device_id() -> int:
+    get_device = getattr(cuda, "get_current_device", None)
+    return get_device().id if get_device is not None else 0
+
+
+def launch_config(n: int) -> tuple[int, int]:
+    """(blocks, threads per block) for ``n`` elements on the current device."""
+    _cuda()
+    sms, threads_per_sm, max_block = _device_limits(_current_device_id())
     env_block = os.environ.get("KLFLOW_CUDA_BLOCK")
-    block = _block_override or (int(env_block) if env_block else 256)
-    block = min(block, getattr(device, "MAX_THREADS_PER_BLOCK", MAX_BLOCK), MAX_BLOCK)
-    sms = getattr(device, "MULTIPROCESSOR_COUNT", 1)
-    per_sm = max(1, getattr(device, "MAX_THREADS_PER_MULTIPROCESSOR", 2 * block) // block)
+    block = min(_block_override or (int(env_block) if env_block else 256), max_block, MAX_BLOCK)
+    per_sm = max(1, (threads_per_sm or 2 * block) // block)
     blocks = max(1, min(sms * per_sm, -(-n // block)))
     return blocks, block
 
@@ -153,6 +167,51 @@ def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
     total = block_sum(acc)
     if cuda.threadIdx.x == 0:
         partials[cuda.blockIdx.x] = total
+
+
+try:
+    if numba_config.ENABLE_CUDASIM:
+        raise ImportError("the simulator has no inline PTX")
+    from klflow.kernels.cuda_vector import aligned, load4, store4
+except ImportError:
+    load4 = store4 = aligned = None
+
+if load4 is not None:
+
+    @_kernel
+    def sum_kernel_f32x4(x, y, log_target, coef, grad, with_grad, partials):
+        """``sum_kernel`` for aligned float32 data: each thread moves 16 bytes per load."""
+        n = x.size
+        quads = n // 4
+        stride = cuda.blockDim.x * cuda.gridDim.x
+        thread = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        acc = 0.0
+        q = thread
+        while q < quads:
+            j = 4 * q
+            x0, x1, x2, x3 = load4(x, j)
+            y0, y1, y2, y3 = load4(y, j)
+            acc += term(x0, y0, log_target)
+            acc += term(x1, y1, log_target)
+            acc += term(x2, y2, log_target)
+            acc += term(x3, y3, log_target)
+            if with_grad:
+                store4(
+                    grad, j,
+                    coef * d_input(y0, log_target), coef * d_input(y1, log_target),
+                    coef * d_input(y2, log_target), coef * d_input(y3, log_target),
+                )
+            q += stride
+        tail = 4 * quads + thread
+        if tail < n:
+            acc += term(x[tail], y[tail], log_target)
+            if with_grad:
+                grad[tail] = coef * d_input(y[tail], log_target)
+        total = block_sum(acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+else:
+    sum_kernel_f32x4 = None
 
 
 @_kernel
@@ -308,17 +367,36 @@ def _launch(kernel: Any, n: int, *args: Any) -> None:
 
 
 # ------------------------------------------------------------------ launchers (the backend API)
+def _scratch(key: tuple, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A device buffer kept for reuse by the launchers (never handed out)."""
+    buffer = _scratch_buffers.get(key)
+    if buffer is None:
+        buffer = _scratch_buffers[key] = cuda.device_array(shape, dtype=dtype)
+    return buffer
+
+
+_scratch_buffers: dict[tuple, Any] = {}
+
+
+def _vectorisable(*arrays: Any) -> bool:
+    return sum_kernel_f32x4 is not None and all(
+        a.dtype == np.float32 and a.ndim == 1 and aligned(a) for a in arrays
+    )
+
+
 def reduce_sum(x: Any, y: Any, log_target: bool, grad_coef: float | None = None) -> tuple[Any, Any]:
-    """(the float64 total on the device, d loss/d x × grad_coef or None), in one pass."""
-    kernels = _kernels()
+    """(the block partials of the float64 total, d loss/d x × grad_coef or None), in one pass."""
+    _cuda()
     with_grad = grad_coef is not None
     n = x.size
-    grad = _empty(x.shape, x.dtype) if with_grad else _empty((1,), x.dtype)
+    grad = _empty(x.shape, x.dtype) if with_grad else _scratch(("dummy", x.dtype.str), (1,), x.dtype)
+    xf, yf, gf = _flat(x), _flat(y), _flat(grad)
     blocks, threads = launch_config(max(n, 1))
-    partials = _empty((blocks,), np.float64)
-    kernels["sum"][blocks, threads](
-        _flat(x), _flat(y), log_target, float(grad_coef or 0.0), _flat(grad), with_grad, partials
-    )
+    device = _current_device_id()
+    partials = _scratch(("partials", device, blocks), (blocks,), np.float64)
+    vector = _vectorisable(xf, yf, *([gf] if with_grad else []))
+    kernel = sum_kernel_f32x4 if vector else sum_kernel
+    kernel[blocks, threads](xf, yf, log_target, float(grad_coef or 0.0), gf, with_grad, partials)
     return DeviceTotal(partials), (grad if with_grad else None)
 
 
