@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""klflow on the CPU against the memory floor, NumPy and PyTorch (when installed), in one run.
+
+    .venv/bin/python scripts/bench_cpu.py [--min-log2 16] [--max-log2 26] [--dtypes float32 float64]
+                                          [--plot docs/data/bench_cpu.png] [--json out.json]
+
+For each size and dtype it times (median of ``--reps``) klflow ``sum``, ``batchmean``, ``none`` and
+forward+backward (loss and input gradient), a NumPy implementation of the loss, and PyTorch's
+``F.kl_div`` (``sum`` and forward+backward) with the same thread count. The floors are measured in
+the same run by parallel, vectorised numba passes over the same arrays: one that only reads both
+inputs (the floor of a reduction) and one that reads both and writes one array (the floor of
+``none`` and of forward+backward). It also reports the peak resident memory each variant adds at
+the largest size, and the cost of a first call in a new process with a warm on-disk cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import klflow as flow  # noqa: E402
+import klflow.nn.functional as F  # noqa: E402
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def read_floor(x, y):
+    """Reads every byte of both inputs once (a vectorised sum), and nothing else."""
+    total = 0.0
+    for i in prange(x.size):
+        total += x[i] + y[i]
+    return total
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def read_write_floor(x, y, out):
+    """Reads both inputs and writes one array of the same size (freshly allocated by the caller)."""
+    for i in prange(x.size):
+        out[i] = x[i] + y[i]
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm-up (and JIT)
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def numpy_loss(x: np.ndarray, y: np.ndarray) -> float:
+    """The loss written the obvious NumPy way (what a user without klflow would do)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.sum(np.where(y > 0, y * (np.log(y) - x), 0.0)))
+
+
+MEMORY_PROBE = """
+import sys
+from pathlib import Path
+import numpy as np
+variant, log2 = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+x = rng.standard_normal(1 << log2).astype(np.float32)
+y = rng.random(1 << log2).astype(np.float32)
+small_x, small_y = x[:1 << 16].copy(), y[:1 << 16].copy()  # big enough for the parallel path
+if variant.startswith("torch"):
+    import torch
+    def run(a, b, backward):
+        leaf = torch.from_numpy(a).requires_grad_(backward)
+        loss = torch.nn.functional.kl_div(leaf, torch.from_numpy(b), reduction="sum")
+        if backward:
+            loss.backward()
+else:
+    import klflow as flow
+    def run(a, b, backward):
+        leaf = flow.from_numpy(a).requires_grad_(backward)
+        loss = flow.nn.functional.kl_div(leaf, flow.from_numpy(b), reduction="sum")
+        if backward:
+            loss.backward()
+backward = variant.endswith("fwd+bwd")
+run(small_x, small_y, backward)  # compile, start the threads: the big call is the first big one
+def read(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
+before = read("VmRSS:")
+run(x, y, backward)
+print(read("VmHWM:") - before)
+"""
+
+
+def peak_growth_bytes(variant: str, log2: int) -> int:
+    """Peak resident memory a fresh process adds during its first big call (Linux only)."""
+    if not Path("/proc/self/clear_refs").exists():
+        return -1
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, variant, str(log2)], env=env,
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip())
+
+
+def first_call_seconds() -> float:
+    code = (
+        "import time; t = time.perf_counter(); import numpy as np, klflow as flow; "
+        "x = np.full(1000, -1.0, np.float32); y = np.full(1000, 0.5, np.float32); "
+        "flow.nn.functional.kl_div(x, y, reduction='sum').item(); print(time.perf_counter() - t)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)  # fills the cache
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-log2", type=int, default=16)
+    parser.add_argument("--max-log2", type=int, default=26)
+    parser.add_argument("--step", type=int, default=2)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(numba.get_num_threads())
+        except ImportError:
+            print("PyTorch is not installed: its columns are skipped", file=sys.stderr)
+    threads = numba.get_num_threads()
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads",
+        "torch": getattr(torch, "__version__", None),
+        "rows": [],
+    }
+    print(f"{report['machine']}; torch {report['torch']}; {report['date']}", flush=True)
+    rng = np.random.default_rng(0)
+    header = (
+        f"{'dtype':<8} {'n':>9} {'read':>7} {'r+w':>7} | {'sum':>7} {'×':>5} {'bmean':>7} {'none':>7} {'×':>5} "
+        f"{'fwd+bwd':>8} {'×':>5} | {'numpy':>8} {'torch':>8} {'t f+b':>8} | {'vs torch':>8}"
+    )
+    print("times in ms; × columns: sum / read floor, none and fwd+bwd / read+write floor")
+    print(header)
+    for dtype_name in args.dtypes:
+        dtype = np.dtype(dtype_name)
+        for log2 in range(args.min_log2, args.max_log2 + 1, args.step):
+            n = 1 << log2
+            x = rng.standard_normal(n).astype(dtype)
+            y = rng.random(n).astype(dtype)
+            reps = args.reps if n < (1 << 24) else max(3, args.reps // 2)
+            row: dict = {"dtype": dtype_name, "n": n}
+            row["read_floor"] = median_ms(lambda: read_floor(x, y), reps)
+            row["read_write_floor"] = median_ms(lambda: read_write_floor(x, y, np.empty_like(x)), reps)
+            xt, yt = flow.from_numpy(x), flow.from_numpy(y)
+            for reduction in ("sum", "batchmean", "none"):
+                row[reduction] = median_ms(lambda r=reduction: F.kl_div(xt, yt, reduction=r), reps)
+
+            def forward_backward():
+                leaf = flow.from_numpy(x).requires_grad_()
+                F.kl_div(leaf, yt, reduction="sum").backward()
+                return leaf.grad
+
+            row["fwd+bwd"] = median_ms(forward_backward, reps)
+            row["numpy"] = median_ms(lambda: numpy_loss(x, y), max(3, reps // 2))
+            if torch is not None:
+                tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+                kl = torch.nn.functional.kl_div
+                row["torch sum"] = median_ms(lambda: kl(tx, ty, reduction="sum"), max(3, reps // 2))
+
+                def torch_forward_backward():
+                    leaf = tx.detach().requires_grad_()
+                    kl(leaf, ty, reduction="sum").backward()
+
+                row["torch fwd+bwd"] = median_ms(torch_forward_backward, max(3, reps // 2))
+            report["rows"].append(row)
+            rf, rw = row["read_floor"], row["read_write_floor"]
+            torch_sum = row.get("torch sum")
+            print(
+                f"{dtype_name:<8} {n:>9} {rf:>7.2f} {rw:>7.2f} | {row['sum']:>7.2f} {row['sum'] / rf:>5.2f} "
+                f"{row['batchmean']:>7.2f} {row['none']:>7.2f} {row['none'] / rw:>5.2f} "
+                f"{row['fwd+bwd']:>8.2f} {row['fwd+bwd'] / rw:>5.2f} | {row['numpy']:>8.2f} "
+                f"{torch_sum if torch_sum is not None else float('nan'):>8.2f} "
+                f"{row.get('torch fwd+bwd', float('nan')):>8.2f} | "
+                f"{(torch_sum / row['sum']) if torch_sum else float('nan'):>7.1f}×",
+                flush=True,
+            )
+
+    # Peak memory at the largest size, float32, each variant in a fresh process.
+    input_bytes = 4 << args.max_log2
+    memory = {"input_bytes": input_bytes}
+    for variant in ["klflow sum", "klflow fwd+bwd"] + (["torch sum", "torch fwd+bwd"] if torch else []):
+        memory[variant] = peak_growth_bytes(variant, args.max_log2)
+    report["memory"] = memory
+    print(f"\npeak resident memory added (float32, n = 2^{args.max_log2}; one input is {input_bytes / 1e6:.0f} MB):")
+    for key, grown in memory.items():
+        if key != "input_bytes":
+            print(f"  {key:<16} {grown / 1e6:8.1f} MB = {grown / input_bytes:6.1%} of one input")
+    report["first_call_s"] = first_call_seconds()
+    print(f"first call in a new process, warm on-disk cache: {report['first_call_s']:.3f} s")
+
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dtypes = sorted({row["dtype"] for row in report["rows"]})
+    figure, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
+    for axis, dtype in zip(axes[0], dtypes):
+        rows = [r for r in report["rows"] if r["dtype"] == dtype]
+        sizes = np.array([r["n"] for r in rows])
+        for key, style in [("read_floor", "k--"), ("read_write_floor", "k:"), ("sum", "o-"), ("batchmean", "s-"),
+                           ("none", "^-"), ("fwd+bwd", "v-"), ("numpy", "x-"), ("torch sum", "d-"),
+                           ("torch fwd+bwd", "d--")]:
+            if key in rows[0]:
+                label = {"read_floor": "floor: read 2 inputs", "read_write_floor": "floor: read 2, write 1"}.get(key, key)
+                axis.plot(sizes, sizes / (np.array([r[key] for r in rows]) * 1e-3) / 1e9, style, label=label)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("elements")
+        axis.set_ylabel("throughput (G elements / s)")
+        axis.set_title(f"{dtype}, {report['machine']}")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
