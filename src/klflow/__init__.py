@@ -16,6 +16,8 @@ from klflow.tensor import Size, Tensor, from_numpy, tensor
 
 from klflow import nn  # noqa: E402  (nn needs Tensor first)
 
+env.configure_threads()  # ranks × threads ≤ cores on this node, unless NUMBA_NUM_THREADS is set
+
 __version__ = "0.1.0"
 
 __all__ = [

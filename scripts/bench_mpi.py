@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""The global loss on 1 and 2 ranks against the local kernel alone: what the global layer costs.
+
+    .venv/bin/python scripts/bench_mpi.py [--ranks 1 2] [--min-log2 16] [--max-log2 24] [--json out.json]
+
+For each size (elements per rank, float32) every rank times the local loss on its own data
+(``kl_div`` on local tensors, ``sum``) and the global loss over split tensors materialised on
+every rank (``kl_div(...).item()``: the SPMD metadata check, the local kernel, and one all-reduce of
+the exact-sum states). The difference is the communication overhead. It also times the
+all-reduce of one exact-sum state and of one float64 scalar. Ranks are synchronised with a
+barrier-like all-reduce before each timed call; the slowest rank's time is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+
+
+def worker(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    import numba
+
+    import klflow as flow
+    import klflow.nn.functional as F
+    from klflow.distributed import comm
+    from klflow.kernels import exact_sum
+
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    placement = flow.placement.all("cpu")
+    sync = np.zeros(1)
+
+    def slowest_ms(fn, reps: int) -> float:
+        fn()
+        samples = []
+        for _ in range(reps):
+            comm.allreduce_sum(sync)  # line the ranks up
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        mine = statistics.median(samples) * 1e3
+        return max(comm.allgather_metadata(mine))
+
+    def paired_ms(local_fn, global_fn, reps: int) -> tuple[float, float, float]:
+        """Medians of the two, and of their per-pair difference (alternating cancels drift)."""
+        local_fn(), global_fn()
+        pairs = []
+        for _ in range(reps):
+            times = []
+            for fn in (local_fn, global_fn):
+                comm.allreduce_sum(sync)
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            times = max(comm.allgather_metadata(tuple(times)))  # the slowest rank's pair
+            pairs.append(times)
+        local = statistics.median(p[0] for p in pairs) * 1e3
+        global_ = statistics.median(p[1] for p in pairs) * 1e3
+        overhead = statistics.median(p[1] - p[0] for p in pairs) * 1e3
+        return local, global_, overhead
+
+    rows = []
+    rng = np.random.default_rng(rank)
+    for log2 in range(args.min_log2, args.max_log2 + 1, args.step):
+        n = 1 << log2
+        x_local = rng.standard_normal(n).astype(np.float32)
+        y_local = rng.random(n).astype(np.float32)
+        xl, yl = flow.from_numpy(x_local), flow.from_numpy(y_local)
+        xg = xl.to_global(placement, flow.sbp.split(0))
+        yg = yl.to_global(placement, flow.sbp.split(0))
+        reps = 31 if n <= (1 << 20) else 15
+        local, global_, overhead = paired_ms(lambda: F.kl_div(xl, yl, reduction="sum").item(),
+                                             lambda: F.kl_div(xg, yg, reduction="sum").item(), reps)
+        rows.append({"n_per_rank": n, "local_ms": local, "global_ms": global_, "overhead_ms": overhead})
+    state = exact_sum.new_state()
+    scalar = np.ones(1)
+    latency = {
+        "state_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(state), 200) * 1e3,
+        "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar), 200) * 1e3,
+    }
+    if rank == 0:
+        result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}
+        print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--min-log2", type=int, default=16)
+    parser.add_argument("--max-log2", type=int, default=24)
+    parser.add_argument("--step", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+
+    results = []
+    for ranks in args.ranks:
+        command = [str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
+                   "--min-log2", str(args.min_log2), "--max-log2", str(args.max_log2), "--step", str(args.step)]
+        done = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+                              capture_output=True, text=True)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            print(done.stdout, done.stderr, file=sys.stderr)
+            return 2
+        results.append(json.loads(line[len("RESULT "):]))
+
+    print("float32 sum; times in ms, the slowest rank's median; overhead = median of (global − local) over paired runs")
+    print(f"{'ranks':>5} {'thr/rank':>8} {'n / rank':>10} {'local':>9} {'global':>9} {'overhead':>9} {'%':>7}")
+    for result in results:
+        for row in result["rows"]:
+            overhead = row["overhead_ms"]
+            print(f"{result['ranks']:>5} {result['threads']:>8} {row['n_per_rank']:>10} {row['local_ms']:>9.3f} "
+                  f"{row['global_ms']:>9.3f} {overhead:>9.3f} {overhead / row['local_ms']:>7.1%}")
+    for result in results:
+        print(f"{result['ranks']} rank(s): all-reduce of an exact-sum state {result['state_allreduce_us']:.1f} µs, "
+              f"of one float64 {result['scalar_allreduce_us']:.1f} µs")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
