@@ -48,7 +48,7 @@ def half_bits_to_f32(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)  # LLVM inlines it; numba-level inlining trips its SSA checks
 def f64_to_half_bits(value):
     """float64 to IEEE binary16 bits, rounded once to nearest-even.
 
