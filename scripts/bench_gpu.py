@@ -209,13 +209,16 @@ def main() -> int:
     partials = cuda.device_array(blocks, np.float64)
     grad = cuda.device_array_like(x)
     out, total = cuda.device_array(1, np.float32), cuda.device_array(1, np.float64)
+    counter = cuda.to_device(np.zeros(1, np.int32))
 
-    def bare_sum(with_grad=False):
-        kernels.sum_kernel[blocks, threads](x, y, False, 1.0, grad, with_grad, partials)
-        kernels.finish_kernel[1, 1024](partials, 1.0, out, total)
+    def bare(kernel, with_grad):
+        kernel[blocks, threads](x, y, False, 1.0, grad, with_grad, partials, counter, 1.0, out, total)
 
-    record("kernel sum (preallocated)", lambda: timed(bare_sum, args.reps))
-    record("kernel fwd+bwd (preallocated)", lambda: timed(lambda: bare_sum(True), args.reps))
+    variants = [("4-byte loads", kernels.sum_kernel), ("16-byte loads", kernels.sum_kernel_f32x4)]
+    for label, kernel in variants:
+        if kernel is not None:
+            record(f"kernel sum, {label} (preallocated)", lambda k=kernel: timed(lambda: bare(k, False), args.reps))
+            record(f"kernel fwd+bwd, {label} (preallocated)", lambda k=kernel: timed(lambda: bare(k, True), args.reps))
 
     calls = 50
     cuda.synchronize()
@@ -241,19 +244,7 @@ def main() -> int:
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
     print("\n".join(text.getvalue().splitlines()[:30]), flush=True)
 
-    sms = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1) if hasattr(cuda, "get_current_device") else 1
-    if kernels.sum_kernel_f32x4 is not None:
-        for block in (256, 512, 1024):
-            for waves in (1, 2):
-                grid = sms * (2048 // block) * waves
-                parts = cuda.device_array(grid, np.float64)
-                record(f"kernel f32x4 sum block {block} grid {grid}",
-                       lambda g=grid, b=block, p=parts: timed(
-                           lambda: kernels.sum_kernel_f32x4[g, b](x, y, False, 1.0, grad, False, p), args.reps))
-        record("kernel f32x4 fwd+bwd (preallocated)", lambda: timed(
-            lambda: kernels.sum_kernel_f32x4[blocks, threads](x, y, False, 1.0, grad, True, partials), args.reps))
-
-    if torch is not None:
+    if torch is not None and torch.cuda.is_available():
         tx = torch.as_tensor(x, device="cuda")
         ty = torch.as_tensor(y, device="cuda")
         kl = torch.nn.functional.kl_div

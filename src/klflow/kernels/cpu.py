@@ -348,6 +348,14 @@ def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
     return np.array(value, dtype=dtype)
 
 
+def reduce(
+    x: np.ndarray, y: np.ndarray, log_target: bool, divisor: int, grad_coef: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the sum ÷ divisor rounded to x's dtype, the exact-sum state, the fused gradient or None)."""
+    state, grad = reduce_sum(x, y, log_target, grad_coef)
+    return finish(state, divisor, x.dtype), state, grad
+
+
 def exact_state(state: np.ndarray) -> np.ndarray:
     """The exact-sum state of a reduction (on the CPU the partial already is one)."""
     return state

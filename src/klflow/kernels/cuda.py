@@ -138,8 +138,35 @@ def block_sum(value):
     return shared[0]
 
 
+@_device
+def finish_if_last(acc, partials, counter, divisor, out, total_out):
+    """Store this block's partial; the block that finishes last adds all partials in index order.
+
+    The last block is found with one integer atomic (no floating-point atomics), and the final
+    order of additions does not depend on which block it is: the total is deterministic. The
+    last block also resets the counter for the next launch on the stream.
+    """
+    total = block_sum(acc)
+    is_last = cuda.shared.array(1, np.int32)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.x] = total
+        cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
+        ticket = cuda.atomic.add(counter, 0, 1)
+        is_last[0] = 1 if ticket == cuda.gridDim.x - 1 else 0
+    cuda.syncthreads()
+    if is_last[0] == 1:
+        acc = 0.0
+        for i in range(cuda.threadIdx.x, cuda.gridDim.x, cuda.blockDim.x):
+            acc += partials[i]
+        total = block_sum(acc)
+        if cuda.threadIdx.x == 0:
+            total_out[0] = total
+            out[0] = total if divisor == 1.0 else total / divisor
+            counter[0] = 0
+
+
 @_kernel
-def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
+def sum_kernel(x, y, log_target, coef, grad, with_grad, partials, counter, divisor, out, total_out):
     n = x.size
     stride = cuda.blockDim.x * cuda.gridDim.x
     i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
@@ -164,9 +191,7 @@ def sum_kernel(x, y, log_target, coef, grad, with_grad, partials):
         if with_grad:
             grad[i] = coef * d_input(y[i], log_target)
         i += stride
-    total = block_sum(acc)
-    if cuda.threadIdx.x == 0:
-        partials[cuda.blockIdx.x] = total
+    finish_if_last(acc, partials, counter, divisor, out, total_out)
 
 
 try:
@@ -179,7 +204,7 @@ except ImportError:
 if load4 is not None:
 
     @_kernel
-    def sum_kernel_f32x4(x, y, log_target, coef, grad, with_grad, partials):
+    def sum_kernel_f32x4(x, y, log_target, coef, grad, with_grad, partials, counter, divisor, out, total_out):
         """``sum_kernel`` for aligned float32 data: each thread moves 16 bytes per load."""
         n = x.size
         quads = n // 4
@@ -207,9 +232,7 @@ if load4 is not None:
             acc += term(x[tail], y[tail], log_target)
             if with_grad:
                 grad[tail] = coef * d_input(y[tail], log_target)
-        total = block_sum(acc)
-        if cuda.threadIdx.x == 0:
-            partials[cuda.blockIdx.x] = total
+        finish_if_last(acc, partials, counter, divisor, out, total_out)
 
     @_kernel
     def pointwise_kernel_f32x4(x, y, log_target, out):
@@ -234,17 +257,6 @@ if load4 is not None:
             out[tail] = term(x[tail], y[tail], log_target)
 else:
     sum_kernel_f32x4 = pointwise_kernel_f32x4 = None
-
-
-@_kernel
-def finish_kernel(partials, divisor, out, total_out):
-    acc = 0.0
-    for i in range(cuda.threadIdx.x, partials.size, cuda.blockDim.x):
-        acc += partials[i]
-    total = block_sum(acc)
-    if cuda.threadIdx.x == 0:
-        total_out[0] = total
-        out[0] = total if divisor == 1.0 else total / divisor
 
 
 @_kernel
@@ -292,7 +304,6 @@ def add_kernel(a, b, out):
 
 KERNELS = dict(
     sum=sum_kernel,
-    finish=finish_kernel,
     pointwise=pointwise_kernel,
     input_grad=input_grad_kernel,
     target_grad=target_grad_kernel,
@@ -406,8 +417,9 @@ def _vectorisable(*arrays: Any) -> bool:
     )
 
 
-def reduce_sum(x: Any, y: Any, log_target: bool, grad_coef: float | None = None) -> tuple[Any, Any]:
-    """(the block partials of the float64 total, d loss/d x × grad_coef or None), in one pass."""
+def reduce(x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None) -> tuple[Any, Any, Any]:
+    """One launch: (the sum ÷ divisor as a 0-d array of x's dtype, the float64 total,
+    d loss/d x × grad_coef or None). All of it stays on the device; nothing synchronises."""
     _cuda()
     with_grad = grad_coef is not None
     n = x.size
@@ -416,40 +428,37 @@ def reduce_sum(x: Any, y: Any, log_target: bool, grad_coef: float | None = None)
     blocks, threads = launch_config(max(n, 1))
     device = _current_device_id()
     partials = _scratch(("partials", device, blocks), (blocks,), np.float64)
+    counter = _scratch_counter(device)
+    out = _empty((), x.dtype)
+    total = _empty((1,), np.float64)
     vector = _vectorisable(xf, yf, *([gf] if with_grad else []))
     kernel = sum_kernel_f32x4 if vector else sum_kernel
-    kernel[blocks, threads](xf, yf, log_target, float(grad_coef or 0.0), gf, with_grad, partials)
-    return DeviceTotal(partials), (grad if with_grad else None)
+    kernel[blocks, threads](
+        xf, yf, log_target, float(grad_coef or 0.0), gf, with_grad,
+        partials, counter, float(divisor), _flat(out), total,
+    )
+    return out, DeviceTotal(total), (grad if with_grad else None)
+
+
+def _scratch_counter(device: int) -> Any:
+    counter = _scratch_buffers.get(("counter", device))
+    if counter is None:  # zeroed once; every launch leaves it at zero again
+        counter = _scratch_buffers[("counter", device)] = cuda.to_device(np.zeros(1, np.int32))
+    return counter
 
 
 class DeviceTotal:
-    """Block partials of a sum, combined on the device in a fixed order."""
+    """The float64 total of a reduction, left on the device until an exact state is needed."""
 
-    def __init__(self, partials: Any) -> None:
-        self.partials = partials
-
-    def finish(self, divisor: int, dtype: np.dtype) -> Any:
-        kernels = _kernels()
-        out = _empty((), np.dtype(dtype))
-        self.total = _empty((1,), np.float64)
-        threads = launch_config(self.partials.size * MAX_BLOCK)[1]
-        kernels["finish"][1, threads](self.partials, float(divisor), _flat(out), self.total)
-        return out
+    def __init__(self, total: Any) -> None:
+        self.total = total
 
     def to_state(self) -> np.ndarray:
         from klflow.kernels import exact_sum
 
-        if not hasattr(self, "total"):
-            self.finish(1, np.float64)
         state = exact_sum.new_state()
         exact_sum.add_float(state, float(self.total.copy_to_host()[0]))
         return state
-
-
-def finish(partial: DeviceTotal, divisor: int, dtype: Any) -> Any:
-    """The reduced value (total / divisor) as a 0-d device array of ``dtype``, computed on the GPU."""
-    with np.errstate(all="ignore"):
-        return partial.finish(divisor, np.dtype(dtype))
 
 
 def exact_state(partial: DeviceTotal) -> np.ndarray:

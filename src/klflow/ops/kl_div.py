@@ -112,10 +112,10 @@ def kl_div_local(
         divisor = reduction_divisor(reduction, logical_shape)
         coef = 1.0 / divisor if divisor else float("nan")
         want_fused = record and input.requires_grad
-        state, fused = backend.reduce_sum(
-            input._data, target._data, log_target, coef if want_fused else None
+        value, state, fused = backend.reduce(
+            input._data, target._data, log_target, divisor, coef if want_fused else None
         )
-        out = Tensor(backend.finish(state, divisor, input.dtype.numpy), device=input.device)
+        out = Tensor(value, device=input.device)
     if record:
         out.grad_fn = KlDivBackward(
             input, target, reduction, log_target, coef, fused,
