@@ -1,0 +1,50 @@
+"""Several ranks starting at once with an empty kernel cache compile, share it, and agree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+HANG_GUARD_S = 600  # a cold compile on a small machine takes a minute; only a hang reaches this
+
+JOB = textwrap.dedent("""
+    import numpy as np
+    import klflow as flow
+    rank = flow.env.get_rank()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(50_000).astype(np.float32)
+    y = rng.random(50_000).astype(np.float32)
+    got = flow.nn.functional.kl_div(x, y, reduction="sum").item()
+    terms = y.astype(np.float64) * (np.log(y.astype(np.float64)) - x.astype(np.float64))
+    expected = float(np.float32(np.sum(terms)))
+    print(f"rank {rank}: {'ok' if abs(got - expected) <= 2e-7 * abs(expected) else 'WRONG'} {got!r}")
+""")
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec from the mpich wheel is missing")
+def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join(sys.path))
+    for attempt in ("cold", "warm"):
+        process = subprocess.Popen(
+            [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+        )
+        try:
+            out, _ = process.communicate(timeout=HANG_GUARD_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"{attempt} start hung")
+        assert process.returncode == 0, out
+        results = [line for line in out.splitlines() if line.startswith("rank ")]
+        assert len(results) == 2 and all(" ok " in line for line in results), out
+        assert len({line.split()[-1] for line in results}) == 1  # same bits on both ranks
+    assert any((tmp_path / "cache").rglob("*.nbi")), "nothing was cached"
