@@ -110,8 +110,13 @@ def peak_growth_bytes(variant: str, log2: int) -> int:
     if not Path("/proc/self/clear_refs").exists():
         return -1
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, variant, str(log2)], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, variant, str(log2)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(done.stdout.strip())
 
 
@@ -212,7 +217,9 @@ def main() -> int:
     for variant in ["klflow sum", "klflow fwd+bwd"] + (["torch sum", "torch fwd+bwd"] if torch else []):
         memory[variant] = peak_growth_bytes(variant, args.max_log2)
     report["memory"] = memory
-    print(f"\npeak resident memory added (float32, n = 2^{args.max_log2}; one input is {input_bytes / 1e6:.0f} MB):")
+    print(
+        f"\npeak resident memory added (float32, n = 2^{args.max_log2}; one input is {input_bytes / 1e6:.0f} MB):"
+    )
     for key, grown in memory.items():
         if key != "input_bytes":
             print(f"  {key:<16} {grown / 1e6:8.1f} MB = {grown / input_bytes:6.1%} of one input")
@@ -234,14 +241,25 @@ def plot(report: dict, path: Path) -> None:
 
     dtypes = sorted({row["dtype"] for row in report["rows"]})
     figure, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.5), squeeze=False)
-    for axis, dtype in zip(axes[0], dtypes):
+    for axis, dtype in zip(axes[0], dtypes, strict=False):
         rows = [r for r in report["rows"] if r["dtype"] == dtype]
         sizes = np.array([r["n"] for r in rows])
-        for key, style in [("read_floor", "k--"), ("read_write_floor", "k:"), ("sum", "o-"), ("batchmean", "s-"),
-                           ("none", "^-"), ("fwd+bwd", "v-"), ("numpy", "x-"), ("torch sum", "d-"),
-                           ("torch fwd+bwd", "d--")]:
+        for key, style in [
+            ("read_floor", "k--"),
+            ("read_write_floor", "k:"),
+            ("sum", "o-"),
+            ("batchmean", "s-"),
+            ("none", "^-"),
+            ("fwd+bwd", "v-"),
+            ("numpy", "x-"),
+            ("torch sum", "d-"),
+            ("torch fwd+bwd", "d--"),
+        ]:
             if key in rows[0]:
-                label = {"read_floor": "floor: read 2 inputs", "read_write_floor": "floor: read 2, write 1"}.get(key, key)
+                label = {
+                    "read_floor": "floor: read 2 inputs",
+                    "read_write_floor": "floor: read 2, write 1",
+                }.get(key, key)
                 axis.plot(sizes, sizes / (np.array([r[key] for r in rows]) * 1e-3) / 1e9, style, label=label)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")

@@ -85,10 +85,11 @@ def main() -> None:
         "log32": (log_arguments.astype(np.float32), log32, _math_log, np.log),
         "exp32": (exp_arguments.astype(np.float32), exp32, _math_exp, np.exp),
     }
-    print(f"{size} values per kernel, {args.repeats} repeats, "
-          f"numba threads for prange: {numba.get_num_threads()}")
-    header = (f"{'kernel':<6} {'variant':<22} {'median ms':>10} {'min ms':>8} {'x fastmath':>11} "
-              f"{'GB/s':>7}")
+    print(
+        f"{size} values per kernel, {args.repeats} repeats, "
+        f"numba threads for prange: {numba.get_num_threads()}"
+    )
+    header = f"{'kernel':<6} {'variant':<22} {'median ms':>10} {'min ms':>8} {'x fastmath':>11} {'GB/s':>7}"
     print(header)
     print("-" * len(header))
     for name, (values, fast, libm, numpy_function) in cases.items():
@@ -102,14 +103,20 @@ def main() -> None:
             "math prange": _parallel_loop(libm),
             "copy prange": _parallel_loop(_identity),
         }
-        timings = {label: _median_and_min_ms(lambda loop=loop: loop(values, out), args.repeats)
-                   for label, loop in rows.items()}
+        timings = {
+            label: _median_and_min_ms(lambda loop=loop: loop(values, out), args.repeats)
+            for label, loop in rows.items()
+        }
         timings[f"np.{numpy_function.__name__} (1 thread)"] = _median_and_min_ms(
-            lambda: numpy_function(values, out=out), args.repeats)
+            lambda: numpy_function(values, out=out), args.repeats
+        )
         for label, (median_ms, min_ms) in timings.items():
             reference = timings["fastmath prange" if "prange" in label else "fastmath serial"][0]
-            print(f"{name:<6} {label:<22} {median_ms:10.2f} {min_ms:8.2f} "
-                  f"{median_ms / reference:11.2f} {moved_bytes / median_ms / 1e6:7.1f}")
+            print(
+                f"{name:<6} {label:<22} {median_ms:10.2f} {min_ms:8.2f} "
+                f"{median_ms / reference:11.2f} {moved_bytes / median_ms / 1e6:7.1f}"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -75,10 +75,14 @@ def first_call_seconds() -> list[float]:
     cache = tempfile.mkdtemp(prefix="klflow-numba-cache-")
     for _ in range(2):
         root = Path(__file__).resolve().parents[1]
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
-                   PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]))
-        done = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
-                              cwd=root, env=env)
+        env = dict(
+            os.environ,
+            NUMBA_CACHE_DIR=cache,
+            PYTHONPATH=os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", FIRST_CALL], capture_output=True, text=True, cwd=root, env=env
+        )
         if done.returncode != 0:
             print(done.stderr[-2000:], file=sys.stderr)
             times.append(float("nan"))
@@ -94,7 +98,7 @@ def check_correctness(n: int) -> list[str]:
     for dtype, tolerance in ((np.float32, 2e-6), (np.float64, 1e-12), (np.float16, 2e-3)):
         x = rng.standard_normal(n).astype(dtype)
         y = rng.random(n).astype(dtype)
-        y[:: 97] = 0
+        y[::97] = 0
         xd, yd = x.astype(np.float64), y.astype(np.float64)
         for log_target in (False, True):
             if log_target:
@@ -104,24 +108,40 @@ def check_correctness(n: int) -> list[str]:
             xt, yt = flow.tensor(x, device="cuda"), flow.tensor(y, device="cuda")
             for reduction in ("none", "sum", "mean", "batchmean"):
                 got = F.kl_div(xt, yt, reduction=reduction, log_target=log_target).numpy().astype(np.float64)
-                ref = terms if reduction == "none" else np.sum(terms) / {"sum": 1, "mean": n, "batchmean": n}[reduction]
+                ref = (
+                    terms
+                    if reduction == "none"
+                    else np.sum(terms) / {"sum": 1, "mean": n, "batchmean": n}[reduction]
+                )
                 # The reference rounded to the dtype: a float16 sum of 4M terms overflows to inf.
                 ref = np.asarray(ref).astype(dtype).astype(np.float64)
                 finite = np.isfinite(ref)
-                error = 0.0 if not np.array_equal(np.isfinite(got), finite) else float(
-                    np.max(np.abs(got[finite] - ref[finite]), initial=0.0)
-                    / max(float(np.max(np.abs(ref[finite]), initial=0.0)), 1e-30))
+                error = (
+                    0.0
+                    if not np.array_equal(np.isfinite(got), finite)
+                    else float(
+                        np.max(np.abs(got[finite] - ref[finite]), initial=0.0)
+                        / max(float(np.max(np.abs(ref[finite]), initial=0.0)), 1e-30)
+                    )
+                )
                 if not np.array_equal(np.isfinite(got), finite):
                     error = float("inf")
                 if not error <= tolerance:
-                    problems.append(f"{np.dtype(dtype).name} log_target={log_target} {reduction}: rel.err {error:.2e}")
+                    problems.append(
+                        f"{np.dtype(dtype).name} log_target={log_target} {reduction}: rel.err {error:.2e}"
+                    )
             first = F.kl_div(xt, yt, reduction="sum", log_target=log_target).numpy().tobytes()
-            if any(F.kl_div(xt, yt, reduction="sum", log_target=log_target).numpy().tobytes() != first for _ in range(3)):
+            if any(
+                F.kl_div(xt, yt, reduction="sum", log_target=log_target).numpy().tobytes() != first
+                for _ in range(3)
+            ):
                 problems.append(f"{np.dtype(dtype).name} log_target={log_target}: sum differs between runs")
         xg = flow.tensor(x, device="cuda", requires_grad=True)
         F.kl_div(xg, flow.tensor(y, device="cuda"), reduction="sum").backward()
         ref_grad = np.where(yd > 0, -yd, 0)
-        error = float(np.max(np.abs(xg.grad.numpy().astype(np.float64) - ref_grad)) / np.max(np.abs(ref_grad)))
+        error = float(
+            np.max(np.abs(xg.grad.numpy().astype(np.float64) - ref_grad)) / np.max(np.abs(ref_grad))
+        )
         if not error <= tolerance:
             problems.append(f"{np.dtype(dtype).name} gradient: rel.err {error:.2e}")
     return problems
@@ -170,12 +190,21 @@ def main() -> int:
 
     report["first_call_s"] = first_call_seconds()
     baseline = subprocess.run(
-        [sys.executable, "-c", "import time; t = time.perf_counter(); from numba import cuda; "
-         "cuda.current_context(); print(f'{time.perf_counter() - t:.3f}')"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import time; t = time.perf_counter(); from numba import cuda; "
+            "cuda.current_context(); print(f'{time.perf_counter() - t:.3f}')",
+        ],
+        capture_output=True,
+        text=True,
+    )
     report["numba_cuda_import_and_context_s"] = baseline.stdout.strip()
-    print(f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}; "
-          f"of which importing numba.cuda and creating the context: {baseline.stdout.strip()} s", flush=True)
+    print(
+        f"first call in a fresh process (cold JIT, cached): {report['first_call_s']}; "
+        f"of which importing numba.cuda and creating the context: {baseline.stdout.strip()} s",
+        flush=True,
+    )
 
     problems = check_correctness(1 << args.check_log2n)
     report["correctness_problems"] = problems
@@ -190,14 +219,20 @@ def main() -> int:
     copy_ms = timed(lambda: copy_target.copy_to_device(x), args.reps)
     bandwidth = 2 * 4 * n / (max(copy_ms, 1e-6) * 1e-3)  # bytes read + written per second
     results["copy"] = copy_ms
-    floors = {"reduce": 8 * n / bandwidth * 1e3, "none": 12 * n / bandwidth * 1e3, "fwd+bwd": 12 * n / bandwidth * 1e3}
+    floors = {
+        "reduce": 8 * n / bandwidth * 1e3,
+        "none": 12 * n / bandwidth * 1e3,
+        "fwd+bwd": 12 * n / bandwidth * 1e3,
+    }
     report["bandwidth_GBps"] = bandwidth / 1e9
     report["floors_ms"] = floors
     print(f"copy {copy_ms:.3f} ms -> {bandwidth / 1e9:.0f} GB/s; floors {floors}", flush=True)
 
     xt, yt = flow.Tensor(x, device=flow.device("cuda")), flow.Tensor(y, device=flow.device("cuda"))
     for reduction in ("sum", "batchmean", "none"):
-        record(f"klflow {reduction}", lambda: timed(lambda r=reduction: F.kl_div(xt, yt, reduction=r), args.reps))
+        record(
+            f"klflow {reduction}", lambda: timed(lambda r=reduction: F.kl_div(xt, yt, reduction=r), args.reps)
+        )
 
     def klflow_forward_backward():
         xg = flow.Tensor(x, device=flow.device("cuda"), requires_grad=True)
@@ -217,8 +252,14 @@ def main() -> int:
     variants = [("4-byte loads", kernels.sum_kernel), ("16-byte loads", kernels.sum_kernel_f32x4)]
     for label, kernel in variants:
         if kernel is not None:
-            record(f"kernel sum, {label} (preallocated)", lambda k=kernel: timed(lambda: bare(k, False), args.reps))
-            record(f"kernel fwd+bwd, {label} (preallocated)", lambda k=kernel: timed(lambda: bare(k, True), args.reps))
+            record(
+                f"kernel sum, {label} (preallocated)",
+                lambda k=kernel: timed(lambda: bare(k, False), args.reps),
+            )
+            record(
+                f"kernel fwd+bwd, {label} (preallocated)",
+                lambda k=kernel: timed(lambda: bare(k, True), args.reps),
+            )
 
     calls = 50
     cuda.synchronize()
@@ -229,7 +270,10 @@ def main() -> int:
     cuda.synchronize()
     done = time.perf_counter()
     report["host_us_per_call"] = (queued - started) / calls * 1e6
-    print(f"  klflow sum: host {report['host_us_per_call']:.1f} us/call, wall {(done - started) / calls * 1e3:.3f} ms/call", flush=True)
+    print(
+        f"  klflow sum: host {report['host_us_per_call']:.1f} us/call, wall {(done - started) / calls * 1e3:.3f} ms/call",
+        flush=True,
+    )
     import cProfile
     import io
     import pstats
@@ -256,7 +300,10 @@ def main() -> int:
             fn(leaf, ty, reduction="sum").backward()
 
         record("torch eager fwd+bwd", lambda: timed(torch_forward_backward, args.reps))
-        record("klflow sum, torch tensors in (zero-copy)", lambda: timed(lambda: F.kl_div(tx, ty, reduction="sum"), args.reps))
+        record(
+            "klflow sum, torch tensors in (zero-copy)",
+            lambda: timed(lambda: F.kl_div(tx, ty, reduction="sum"), args.reps),
+        )
         if not args.no_compile:
             try:
                 compiled = torch.compile(lambda a, b: kl(a, b, reduction="sum"))
@@ -283,7 +330,9 @@ def main() -> int:
             floor = floors["fwd+bwd"]
         else:
             floor = floors["reduce"]
-        mine = results.get("klflow fwd+bwd" if "fwd+bwd" in key else "klflow none" if "none" in key else "klflow sum")
+        mine = results.get(
+            "klflow fwd+bwd" if "fwd+bwd" in key else "klflow none" if "none" in key else "klflow sum"
+        )
         print(f"| {key:<42} | {ms:>9.3f} | {ms / max(floor, 1e-9):>7.2f} | {ms / max(mine, 1e-9):>8.2f} |")
     save()
     return 0 if not problems else 1

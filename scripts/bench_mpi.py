@@ -80,8 +80,11 @@ def worker(args: argparse.Namespace) -> None:
         xg = xl.to_global(placement, flow.sbp.split(0))
         yg = yl.to_global(placement, flow.sbp.split(0))
         reps = 31 if n <= (1 << 20) else 15
-        local, global_, overhead = paired_ms(lambda: F.kl_div(xl, yl, reduction="sum").item(),
-                                             lambda: F.kl_div(xg, yg, reduction="sum").item(), reps)
+        local, global_, overhead = paired_ms(
+            lambda: F.kl_div(xl, yl, reduction="sum").item(),
+            lambda: F.kl_div(xg, yg, reduction="sum").item(),
+            reps,
+        )
         rows.append({"n_per_rank": n, "local_ms": local, "global_ms": global_, "overhead_ms": overhead})
     state = exact_sum.new_state()
     scalar = np.ones(1)
@@ -109,26 +112,49 @@ def main() -> int:
 
     results = []
     for ranks in args.ranks:
-        command = [str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker",
-                   "--min-log2", str(args.min_log2), "--max-log2", str(args.max_log2), "--step", str(args.step)]
-        done = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
-                              capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        command = [
+            str(MPIEXEC),
+            "-n",
+            str(ranks),
+            sys.executable,
+            "-m",
+            "mpi4py",
+            __file__,
+            "--worker",
+            "--min-log2",
+            str(args.min_log2),
+            "--max-log2",
+            str(args.max_log2),
+            "--step",
+            str(args.step),
+        ]
+        done = subprocess.run(
+            command, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True
+        )
+        line = next((text for text in done.stdout.splitlines() if text.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             print(done.stdout, done.stderr, file=sys.stderr)
             return 2
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
 
-    print("float32 sum; times in ms, the slowest rank's median; overhead = median of (global − local) over paired runs")
-    print(f"{'ranks':>5} {'thr/rank':>8} {'n / rank':>10} {'local':>9} {'global':>9} {'overhead':>9} {'%':>7}")
+    print(
+        "float32 sum; times in ms, the slowest rank's median; overhead = median of (global − local) over paired runs"
+    )
+    print(
+        f"{'ranks':>5} {'thr/rank':>8} {'n / rank':>10} {'local':>9} {'global':>9} {'overhead':>9} {'%':>7}"
+    )
     for result in results:
         for row in result["rows"]:
             overhead = row["overhead_ms"]
-            print(f"{result['ranks']:>5} {result['threads']:>8} {row['n_per_rank']:>10} {row['local_ms']:>9.3f} "
-                  f"{row['global_ms']:>9.3f} {overhead:>9.3f} {overhead / row['local_ms']:>7.1%}")
+            print(
+                f"{result['ranks']:>5} {result['threads']:>8} {row['n_per_rank']:>10} {row['local_ms']:>9.3f} "
+                f"{row['global_ms']:>9.3f} {overhead:>9.3f} {overhead / row['local_ms']:>7.1%}"
+            )
     for result in results:
-        print(f"{result['ranks']} rank(s): all-reduce of an exact-sum state {result['state_allreduce_us']:.1f} µs, "
-              f"of one float64 {result['scalar_allreduce_us']:.1f} µs")
+        print(
+            f"{result['ranks']} rank(s): all-reduce of an exact-sum state {result['state_allreduce_us']:.1f} µs, "
+            f"of one float64 {result['scalar_allreduce_us']:.1f} µs"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

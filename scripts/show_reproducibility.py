@@ -56,7 +56,9 @@ def worker(log2n: int) -> None:
         x = flow.from_numpy(x_local).to_global(placement, flow.sbp.split(0))
         y = flow.from_numpy(y_local).to_global(placement, flow.sbp.split(0))
         for reduction in ("sum", "mean", "batchmean"):
-            results[f"klflow {np.dtype(dtype).name} {reduction}"] = bits(F.kl_div(x, y, reduction=reduction).numpy())
+            results[f"klflow {np.dtype(dtype).name} {reduction}"] = bits(
+                F.kl_div(x, y, reduction=reduction).numpy()
+            )
         terms = np.where(y_local > 0, y_local * (np.log(y_local) - x_local), 0).astype(np.float64)
         naive = comm.allreduce_sum(np.array([np.sum(terms)]))[0]
         results[f"numpy+allreduce {np.dtype(dtype).name} sum"] = bits(np.asarray(naive, dtype=np.float64))
@@ -78,16 +80,26 @@ def main() -> int:
     columns, table = [], {}
     for ranks, threads in itertools.product(args.ranks, args.threads):
         env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
-        command = [str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__,
-                   "--worker", "--log2n", str(args.log2n)]
+        command = [
+            str(MPIEXEC),
+            "-n",
+            str(ranks),
+            sys.executable,
+            "-m",
+            "mpi4py",
+            __file__,
+            "--worker",
+            "--log2n",
+            str(args.log2n),
+        ]
         done = subprocess.run(command, env=env, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((text for text in done.stdout.splitlines() if text.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             print(f"ranks={ranks} threads={threads} failed:\n{done.stdout}\n{done.stderr}", file=sys.stderr)
             return 2
         column = f"{ranks}r×{threads}t"
         columns.append(column)
-        for key, value in json.loads(line[len("RESULT "):]).items():
+        for key, value in json.loads(line[len("RESULT ") :]).items():
             table.setdefault(key, {})[column] = value
         print(f"  ran {column}", file=sys.stderr, flush=True)
 

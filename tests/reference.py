@@ -189,8 +189,7 @@ def assert_close(got, ref64, dtype, *, bound=0.0, ulps: float = 1.0, what: str =
             f"{what}: infinities differ: got {got64[special][:5]}, expected {want[special][:5]}"
         )
         finite = ~nan_want & ~special
-        tolerance = ulps * ulp(want, dtype) + np.broadcast_to(np.asarray(bound, np.float64),
-                                                              ref64.shape)
+        tolerance = ulps * ulp(want, dtype) + np.broadcast_to(np.asarray(bound, np.float64), ref64.shape)
         error = np.abs(got64 - ref64)
         bad = finite & ~(error <= tolerance)
     assert not bad.any(), (

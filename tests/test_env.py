@@ -48,7 +48,9 @@ def _threads_in_fresh_process(extra_env: dict) -> int:
     code = "import klflow, numba; print(numba.get_num_threads())"
     environment = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MPI_LOCALNRANKS")}
     environment.update(extra_env)
-    done = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
     return int(done.stdout.strip())
 
 

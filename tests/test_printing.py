@@ -86,27 +86,20 @@ def test_integer_valued_floats_print_with_trailing_dot():
 def test_integer_valued_floats_2d_with_negatives():
     # oneflow.Tensor docs: oneflow.tensor([[1., -1.], [1., -1.]]).
     assert tensor_repr(f32([[1, -1], [1, -1]]), dtype_name=F32) == (
-        "tensor([[ 1., -1.],\n"
-        "        [ 1., -1.]], dtype=klflow.float32)"
+        "tensor([[ 1., -1.],\n        [ 1., -1.]], dtype=klflow.float32)"
     )
 
 
 def test_integer_valued_floats_diag():
     # oneflow.diag doc.
-    assert tensor_repr(f32([1, 5, 9]), dtype_name=F32) == (
-        "tensor([1., 5., 9.], dtype=klflow.float32)"
-    )
+    assert tensor_repr(f32([1, 5, 9]), dtype_name=F32) == ("tensor([1., 5., 9.], dtype=klflow.float32)")
 
 
 def test_integer_valued_scalar_and_zero_scalar():
     # oneflow.Tensor.nansum doc gives tensor(3., ...); an all-zero tensor has
     # no nonzero value to measure, so it keeps width 1 and prints "0.".
-    assert tensor_repr(np.array(3.0, np.float32), dtype_name=F32) == (
-        "tensor(3., dtype=klflow.float32)"
-    )
-    assert tensor_repr(np.array(0.0, np.float32), dtype_name=F32) == (
-        "tensor(0., dtype=klflow.float32)"
-    )
+    assert tensor_repr(np.array(3.0, np.float32), dtype_name=F32) == ("tensor(3., dtype=klflow.float32)")
+    assert tensor_repr(np.array(0.0, np.float32), dtype_name=F32) == ("tensor(0., dtype=klflow.float32)")
 
 
 # --- Scientific notation ------------------------------------------------------
@@ -138,8 +131,7 @@ def test_scientific_for_small_values():
     # is below 1e-4; the grad_fn suffix no longer fits in 80 columns.
     values = f32([7.4911e-04, 1.6212e-05])
     assert tensor_repr(values, dtype_name=F32, grad_fn="broadcast_sub_backward") == (
-        "tensor([7.4911e-04, 1.6212e-05], dtype=klflow.float32,\n"
-        "       grad_fn=<broadcast_sub_backward>)"
+        "tensor([7.4911e-04, 1.6212e-05], dtype=klflow.float32,\n       grad_fn=<broadcast_sub_backward>)"
     )
 
 
@@ -255,9 +247,28 @@ def test_vector_wraps_at_80_columns():
     # PyTorch PR #7632 example torch.randn(20): (80 - 7) // (7 + 2) = 8 per
     # line, continuation lines indented under the first element.
     values = f32(
-        [0.8574, -1.1225, 0.3135, 1.7848, -0.8342, 0.1214, -0.6393, -0.3480,
-         1.4114, 0.5102, -0.8206, 1.6022, 0.6310, 1.9507, -1.5694, 1.3168,
-         0.1103, 0.5242, 0.3141, -0.0692]
+        [
+            0.8574,
+            -1.1225,
+            0.3135,
+            1.7848,
+            -0.8342,
+            0.1214,
+            -0.6393,
+            -0.3480,
+            1.4114,
+            0.5102,
+            -0.8206,
+            1.6022,
+            0.6310,
+            1.9507,
+            -1.5694,
+            1.3168,
+            0.1103,
+            0.5242,
+            0.3141,
+            -0.0692,
+        ]
     )
     assert tensor_repr(values, dtype_name=F32) == (
         "tensor([ 0.8574, -1.1225,  0.3135,  1.7848, -0.8342,  0.1214, -0.6393, -0.3480,\n"
@@ -280,11 +291,14 @@ def test_three_dimensional_blocks_and_row_wrapping():
     )
     assert tensor_repr(values, dtype_name=F32) == (
         "tensor([[[1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,\n"
-        + zeros_tail + ",\n\n"
+        + zeros_tail
+        + ",\n\n"
         "        [[0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,\n"
-        + zeros_tail + ",\n\n"
+        + zeros_tail
+        + ",\n\n"
         "        [[0., 0., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,\n"
-        + zeros_tail + "], dtype=klflow.float32)"
+        + zeros_tail
+        + "], dtype=klflow.float32)"
     )
 
 
@@ -320,8 +334,7 @@ def test_summarised_vector():
     values[:3] = [-0.5033, -0.4142, 0.7961]
     values[-3:] = [-0.9400, -0.4431, -0.6192]
     assert tensor_repr(values, dtype_name=F32) == (
-        "tensor([-0.5033, -0.4142,  0.7961,  ..., -0.9400, -0.4431, -0.6192],\n"
-        "       dtype=klflow.float32)"
+        "tensor([-0.5033, -0.4142,  0.7961,  ..., -0.9400, -0.4431, -0.6192],\n       dtype=klflow.float32)"
     )
 
 
@@ -356,12 +369,16 @@ def test_summarised_tall_matrix_keeps_short_rows_whole():
     # A (N, 4) softmax output as printed by PyTorch: only the long dimension
     # is cut; the grad_fn suffix fits on the last line.
     values = np.full((300, 4), 0.25, np.float32)
-    values[:3] = [[0.3033, 0.2106, 0.2452, 0.2409],
-                  [0.2837, 0.2427, 0.2772, 0.1964],
-                  [0.2531, 0.2589, 0.2593, 0.2287]]
-    values[-3:] = [[0.3547, 0.1965, 0.2106, 0.2383],
-                   [0.2942, 0.2076, 0.2231, 0.2751],
-                   [0.2361, 0.2187, 0.2966, 0.2485]]
+    values[:3] = [
+        [0.3033, 0.2106, 0.2452, 0.2409],
+        [0.2837, 0.2427, 0.2772, 0.1964],
+        [0.2531, 0.2589, 0.2593, 0.2287],
+    ]
+    values[-3:] = [
+        [0.3547, 0.1965, 0.2106, 0.2383],
+        [0.2942, 0.2076, 0.2231, 0.2751],
+        [0.2361, 0.2187, 0.2966, 0.2485],
+    ]
     assert tensor_repr(values, dtype_name=F32, grad_fn="StackBackward0") == (
         "tensor([[0.3033, 0.2106, 0.2452, 0.2409],\n"
         "        [0.2837, 0.2427, 0.2772, 0.1964],\n"
@@ -387,9 +404,7 @@ def test_exactly_threshold_elements_are_not_summarised():
 def test_empty_vector():
     # OneFlow's test_tensor_str.py: flow.tensor([]) prints "[]"; a 1-D empty
     # tensor does not show its size.
-    assert tensor_repr(np.zeros((0,), np.float32), dtype_name=F32) == (
-        "tensor([], dtype=klflow.float32)"
-    )
+    assert tensor_repr(np.zeros((0,), np.float32), dtype_name=F32) == ("tensor([], dtype=klflow.float32)")
 
 
 def test_empty_tensor_shows_its_size_before_dtype():
@@ -402,9 +417,7 @@ def test_empty_tensor_shows_its_size_before_dtype():
 def test_empty_global_tensor_with_all_suffixes():
     # Rule: placement, sbp, size, dtype, then requires_grad, wrapped at 80.
     values = np.zeros((0, 10), np.float32)
-    assert tensor_repr(
-        values, dtype_name=F32, placement=TWO_RANKS, sbp=SPLIT_0, requires_grad=True
-    ) == (
+    assert tensor_repr(values, dtype_name=F32, placement=TWO_RANKS, sbp=SPLIT_0, requires_grad=True) == (
         'tensor([], placement=klflow.placement(type="cpu", ranks=[0, 1]),\n'
         "       sbp=(klflow.sbp.split(dim=0),), size=(0, 10), dtype=klflow.float32,\n"
         "       requires_grad=True)"
@@ -426,16 +439,13 @@ def test_float16_prints_its_float32_value():
 def test_float16_rounding_visible_in_integer_mode():
     # half(2049) is 2048: the printed value is the stored one.
     values = np.array([2049.0, 3.0], np.float16)
-    assert tensor_repr(values, dtype_name=F16) == (
-        "tensor([2048.,    3.], dtype=klflow.float16)"
-    )
+    assert tensor_repr(values, dtype_name=F16) == ("tensor([2048.,    3.], dtype=klflow.float16)")
 
 
 def test_float64_from_numpy():
     # OneFlow tensor-creation guide: flow.tensor(np.ones((2, 3))).
     assert tensor_repr(np.ones((2, 3)), dtype_name=F64) == (
-        "tensor([[1., 1., 1.],\n"
-        "        [1., 1., 1.]], dtype=klflow.float64)"
+        "tensor([[1., 1., 1.],\n        [1., 1., 1.]], dtype=klflow.float64)"
     )
 
 
@@ -458,9 +468,7 @@ def test_device_suffix_for_cuda_tensor():
 
 @pytest.mark.parametrize("device", [None, "cpu", "cpu:0"])
 def test_no_device_suffix_for_cpu_tensor(device):
-    assert tensor_repr(f32([1.0]), dtype_name=F32, device=device) == (
-        "tensor([1.], dtype=klflow.float32)"
-    )
+    assert tensor_repr(f32([1.0]), dtype_name=F32, device=device) == ("tensor([1.], dtype=klflow.float32)")
 
 
 def test_requires_grad_suffix_on_leaf():
@@ -481,9 +489,10 @@ def test_grad_fn_suffix_on_result():
 def test_grad_fn_replaces_requires_grad():
     # OneFlow DDP source comment: once b.grad is assigned, b prints grad_fn
     # and no longer requires_grad=True.
-    assert tensor_repr(
-        f32([1.0]), dtype_name=F32, requires_grad=True, grad_fn="accumulate_grad"
-    ) == "tensor([1.], dtype=klflow.float32, grad_fn=<accumulate_grad>)"
+    assert (
+        tensor_repr(f32([1.0]), dtype_name=F32, requires_grad=True, grad_fn="accumulate_grad")
+        == "tensor([1.], dtype=klflow.float32, grad_fn=<accumulate_grad>)"
+    )
 
 
 def test_device_dtype_and_grad_fn_wrap_after_column_matrix():
@@ -499,8 +508,7 @@ def test_device_dtype_and_grad_fn_wrap_after_column_matrix():
 def test_column_matrix_in_integer_mode_with_grad_fn():
     # OneFlow quick-start guide: w after training.
     assert tensor_repr(f32([[2.0], [3.0]]), dtype_name=F32, grad_fn="accumulate_grad") == (
-        "tensor([[2.],\n"
-        "        [3.]], dtype=klflow.float32, grad_fn=<accumulate_grad>)"
+        "tensor([[2.],\n        [3.]], dtype=klflow.float32, grad_fn=<accumulate_grad>)"
     )
 
 
@@ -529,7 +537,10 @@ def test_global_parameters_in_state_dict_order():
     set_printoptions(linewidth=130)
     weight = tensor_repr(
         np.ones((6, 2), np.float32),
-        dtype_name=F32, placement=RANK_0, sbp=BROADCAST, requires_grad=True,
+        dtype_name=F32,
+        placement=RANK_0,
+        sbp=BROADCAST,
+        requires_grad=True,
     )
     assert weight == (
         "tensor([[1., 1.],\n"
@@ -543,7 +554,10 @@ def test_global_parameters_in_state_dict_order():
     )
     bias = tensor_repr(
         np.zeros(6, np.float32),
-        dtype_name=F32, placement=RANK_0, sbp=BROADCAST, requires_grad=True,
+        dtype_name=F32,
+        placement=RANK_0,
+        sbp=BROADCAST,
+        requires_grad=True,
     )
     assert bias == (
         'tensor([0., 0., 0., 0., 0., 0.], placement=klflow.placement(type="cpu", ranks=[0]), '
@@ -556,7 +570,10 @@ def test_global_tensor_ignores_device_and_prints_grad_fn_last():
     # Rule: a global tensor never shows device=; grad_fn comes after dtype.
     text = tensor_repr(
         np.array(0.4226, np.float32),
-        dtype_name=F32, device="cuda:0", placement=TWO_RANKS, sbp=SPLIT_0,
+        dtype_name=F32,
+        device="cuda:0",
+        placement=TWO_RANKS,
+        sbp=SPLIT_0,
         grad_fn="kl_div_loss_backward",
     )
     assert text == (
@@ -578,8 +595,7 @@ def test_integer_tensor_on_device():
     # oneflow.comm.all_reduce doc, rank 0.
     values = np.array([[1, 2], [3, 4]], np.int64)
     assert tensor_repr(values, dtype_name="klflow.int64", device="cuda:0") == (
-        "tensor([[1, 2],\n"
-        "        [3, 4]], device='cuda:0', dtype=klflow.int64)"
+        "tensor([[1, 2],\n        [3, 4]], device='cuda:0', dtype=klflow.int64)"
     )
 
 
@@ -643,7 +659,11 @@ def test_sci_mode_off_keeps_the_scientific_width():
 def test_short_profile():
     set_printoptions(profile="short")
     assert get_printoptions() == {
-        "precision": 2, "threshold": 1000, "edgeitems": 2, "linewidth": 80, "sci_mode": None,
+        "precision": 2,
+        "threshold": 1000,
+        "edgeitems": 2,
+        "linewidth": 80,
+        "sci_mode": None,
     }
     values = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
     assert tensor_repr(values, dtype_name=F32) == (
@@ -664,22 +684,22 @@ def test_unknown_profile_is_rejected():
 
 def test_default_options():
     assert get_printoptions() == {
-        "precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80, "sci_mode": None,
+        "precision": 4,
+        "threshold": 1000,
+        "edgeitems": 3,
+        "linewidth": 80,
+        "sci_mode": None,
     }
 
 
 def test_linewidth_follows_the_terminal_until_set(monkeypatch):
     # OneFlow's default line width is the terminal's width (80 without one);
     # setting linewidth or a profile fixes it.
-    monkeypatch.setattr(
-        printing.os, "get_terminal_size", lambda *_args: os.terminal_size((40, 24))
-    )
+    monkeypatch.setattr(printing.os, "get_terminal_size", lambda *_args: os.terminal_size((40, 24)))
     values = f32([0.5, 0.25, 0.125, 0.0625, 0.75, 0.875])
     assert get_printoptions()["linewidth"] == 40
     assert tensor_repr(values, dtype_name=F32) == (
-        "tensor([0.5000, 0.2500, 0.1250, 0.0625,\n"
-        "        0.7500, 0.8750],\n"
-        "       dtype=klflow.float32)"
+        "tensor([0.5000, 0.2500, 0.1250, 0.0625,\n        0.7500, 0.8750],\n       dtype=klflow.float32)"
     )
     set_printoptions(linewidth=80)
     assert tensor_repr(values, dtype_name=F32) == (
@@ -692,6 +712,10 @@ def test_printoptions_context_restores_everything():
         assert tensor_repr(f32([1.25]), dtype_name=F32) == "tensor([1.2], dtype=klflow.float32)"
         assert get_printoptions()["linewidth"] == 60
     assert get_printoptions() == {
-        "precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80, "sci_mode": None,
+        "precision": 4,
+        "threshold": 1000,
+        "edgeitems": 3,
+        "linewidth": 80,
+        "sci_mode": None,
     }
     assert printing._OPTIONS.linewidth is None

@@ -15,10 +15,8 @@ import pytest
 import klflow as flow
 import klflow.nn.functional as F
 
-FLOAT_DTYPES = [(np.float16, flow.float16), (np.float32, flow.float32),
-                (np.float64, flow.float64)]
-float_dtypes = pytest.mark.parametrize("np_dtype, flow_dtype", FLOAT_DTYPES,
-                                       ids=["f16", "f32", "f64"])
+FLOAT_DTYPES = [(np.float16, flow.float16), (np.float32, flow.float32), (np.float64, flow.float64)]
+float_dtypes = pytest.mark.parametrize("np_dtype, flow_dtype", FLOAT_DTYPES, ids=["f16", "f32", "f64"])
 needs_no_gpu = pytest.mark.skipif(flow.cuda.is_available(), reason="a CUDA device is present")
 
 
@@ -139,9 +137,17 @@ def test_from_numpy_shares_non_contiguous_memory():
     assert tuple(t.shape) == (2, 2)
 
 
-@pytest.mark.parametrize("data", [np.arange(3), np.ones(2, bool), np.ones(2, np.complex64),
-                                  np.arange(3, dtype=np.int32), np.arange(3, dtype=np.uint8)],
-                         ids=lambda a: a.dtype.name)
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.arange(3),
+        np.ones(2, bool),
+        np.ones(2, np.complex64),
+        np.arange(3, dtype=np.int32),
+        np.arange(3, dtype=np.uint8),
+    ],
+    ids=lambda a: a.dtype.name,
+)
 def test_non_float_numpy_data_is_refused_naming_the_dtype(data):
     with pytest.raises(TypeError, match=data.dtype.name):
         flow.tensor(data)
@@ -149,16 +155,19 @@ def test_non_float_numpy_data_is_refused_naming_the_dtype(data):
         flow.from_numpy(data)
 
 
-@pytest.mark.parametrize("data, name", [(3, "int64"), (True, "bool"), ([1, 2], "int64"),
-                                        (1 + 2j, "complex128"), ([[True, False]], "bool")],
-                         ids=["int", "bool", "int-list", "complex", "bool-list"])
+@pytest.mark.parametrize(
+    "data, name",
+    [(3, "int64"), (True, "bool"), ([1, 2], "int64"), (1 + 2j, "complex128"), ([[True, False]], "bool")],
+    ids=["int", "bool", "int-list", "complex", "bool-list"],
+)
 def test_non_float_python_data_is_refused_naming_the_dtype(data, name):
     with pytest.raises(TypeError, match=name):
         flow.tensor(data)
 
 
-@pytest.mark.parametrize("data", [[[1.0, 2.0], [3.0]], [1.0, [2.0]], [[1.0], 2.0]],
-                         ids=["rows", "nested-second", "nested-first"])
+@pytest.mark.parametrize(
+    "data", [[[1.0, 2.0], [3.0]], [1.0, [2.0]], [[1.0], 2.0]], ids=["rows", "nested-second", "nested-first"]
+)
 def test_ragged_lists_are_refused(data):
     with pytest.raises(TypeError):
         flow.tensor(data)
@@ -195,8 +204,7 @@ def test_size_with_dimension_out_of_range(dim):
         flow.tensor(np.zeros((2, 3, 4))).size(dim)
 
 
-@pytest.mark.parametrize("shape, numel", [((), 1), ((0,), 0), ((3, 0), 0), ((2, 3, 4), 24)],
-                         ids=str)
+@pytest.mark.parametrize("shape, numel", [((), 1), ((0,), 0), ((3, 0), 0), ((2, 3, 4), 24)], ids=str)
 def test_ndim_and_numel(shape, numel):
     t = flow.tensor(np.zeros(shape))
     assert t.ndim == len(shape)
@@ -275,9 +283,15 @@ def test_casts_return_self_when_nothing_changes(np_dtype, flow_dtype):
     assert t.cpu() is t
 
 
-@pytest.mark.parametrize("method, flow_dtype, source_dtype",
-                         [("half", flow.float16, np.float64), ("float", flow.float32, np.float64),
-                          ("double", flow.float64, np.float32)], ids=["half", "float", "double"])
+@pytest.mark.parametrize(
+    "method, flow_dtype, source_dtype",
+    [
+        ("half", flow.float16, np.float64),
+        ("float", flow.float32, np.float64),
+        ("double", flow.float64, np.float32),
+    ],
+    ids=["half", "float", "double"],
+)
 def test_casts_convert_values(method, flow_dtype, source_dtype):
     source = np.array([0.1, -2.5, 1e-3], source_dtype)
     t = flow.tensor(source)
@@ -334,10 +348,16 @@ def test_gradients_accumulate_through_two_casts():
 
 # ---------------------------------------------------------------------------- cuda without a GPU
 @needs_no_gpu
-@pytest.mark.parametrize("make", [lambda t: t.cuda(), lambda t: t.to("cuda"),
-                                  lambda t: t.cuda(0),
-                                  lambda t: flow.tensor([1.0], device="cuda")],
-                         ids=["cuda()", "to(cuda)", "cuda(0)", "tensor(device=cuda)"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: t.cuda(),
+        lambda t: t.to("cuda"),
+        lambda t: t.cuda(0),
+        lambda t: flow.tensor([1.0], device="cuda"),
+    ],
+    ids=["cuda()", "to(cuda)", "cuda(0)", "tensor(device=cuda)"],
+)
 def test_cuda_without_gpu_says_why(make):
     with pytest.raises(RuntimeError) as info:
         make(flow.tensor([1.0]))

@@ -6,7 +6,7 @@
 tensor(0.0627, dtype=klflow.float32)
 """
 
-from klflow import cuda, env, sbp
+from klflow import cuda, env, nn, sbp
 from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from klflow.device import device
 from klflow.distributed.placement import placement
@@ -14,14 +14,32 @@ from klflow.dtypes import double, dtype, float, float16, float32, float64, half
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.tensor import Size, Tensor, from_numpy, tensor
 
-from klflow import nn  # noqa: E402  (nn needs Tensor first)
-
 env.configure_threads()  # ranks × threads ≤ cores on this node, unless NUMBA_NUM_THREADS is set
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Size", "Tensor", "device", "double", "dtype", "enable_grad", "env", "float", "float16",
-    "float32", "float64", "from_numpy", "get_printoptions", "half", "is_grad_enabled", "nn",
-    "no_grad", "placement", "sbp", "set_grad_enabled", "set_printoptions", "tensor",
+    "Size",
+    "cuda",
+    "Tensor",
+    "device",
+    "double",
+    "dtype",
+    "enable_grad",
+    "env",
+    "float",
+    "float16",
+    "float32",
+    "float64",
+    "from_numpy",
+    "get_printoptions",
+    "half",
+    "is_grad_enabled",
+    "nn",
+    "no_grad",
+    "placement",
+    "sbp",
+    "set_grad_enabled",
+    "set_printoptions",
+    "tensor",
 ]

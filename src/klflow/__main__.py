@@ -1,6 +1,6 @@
 """Command line: ``python -m klflow check --config FILE`` (run it under mpiexec for several ranks).
 
-    mpiexec -n 4 python -m mpi4py -m klflow check --config configs/default.toml
+mpiexec -n 4 python -m mpi4py -m klflow check --config configs/default.toml
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import numpy as np
 
 from klflow import dtypes
 from klflow.autograd import graph
-from klflow.device import CPU, device as Device
+from klflow.device import CPU
+from klflow.device import device as Device
 from klflow.tensor import Tensor
 
 

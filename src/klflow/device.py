@@ -27,9 +27,7 @@ class device:
         elif isinstance(spec, str):
             match = _SPEC.match(spec.strip())
             if match is None:
-                raise ValueError(
-                    f"expected a device like 'cpu', 'cuda' or 'cuda:0', got {spec!r}"
-                )
+                raise ValueError(f"expected a device like 'cpu', 'cuda' or 'cuda:0', got {spec!r}")
             kind, idx = match.group(1), None if match.group(2) is None else int(match.group(2))
         else:
             raise TypeError(f"a device is given as a string such as 'cuda:0'; got {spec!r}")

@@ -90,9 +90,7 @@ def set_printoptions(
         if profile not in _PROFILES:
             # OneFlow ignores an unknown profile and then fails on the next
             # print because no line width is left; failing here is clearer.
-            raise ValueError(
-                f"unknown print profile {profile!r}; expected one of {sorted(_PROFILES)}"
-            )
+            raise ValueError(f"unknown print profile {profile!r}; expected one of {sorted(_PROFILES)}")
         for name, value in _PROFILES[profile].items():
             setattr(_OPTIONS, name, value)
     if precision is not None:
@@ -198,9 +196,7 @@ def _summarized(values: np.ndarray, edgeitems: int) -> np.ndarray:
     return values
 
 
-def _vector_text(
-    values: np.ndarray, indent: int, summarize: bool, formatter: _ElementFormatter
-) -> str:
+def _vector_text(values: np.ndarray, indent: int, summarize: bool, formatter: _ElementFormatter) -> str:
     edgeitems = _OPTIONS.edgeitems
     # Each element takes its width plus ", " between neighbours.
     per_line = max(1, math.floor((_current_linewidth() - indent) / (formatter.width + 2)))
@@ -212,15 +208,11 @@ def _vector_text(
         )
     else:
         items = [formatter.format(value) for value in values.tolist()]
-    lines = [
-        ", ".join(items[start : start + per_line]) for start in range(0, len(items), per_line)
-    ]
+    lines = [", ".join(items[start : start + per_line]) for start in range(0, len(items), per_line)]
     return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
 
 
-def _nested_text(
-    values: np.ndarray, indent: int, summarize: bool, formatter: _ElementFormatter
-) -> str:
+def _nested_text(values: np.ndarray, indent: int, summarize: bool, formatter: _ElementFormatter) -> str:
     if values.ndim == 0:
         return formatter.format(values.item())
     if values.ndim == 1:

@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from klflow import dtypes
 from klflow.autograd import graph
-from klflow.device import CPU, device as Device
+from klflow.device import CPU
+from klflow.device import device as Device
 
 if TYPE_CHECKING:
     from klflow.distributed.placement import placement as Placement
@@ -133,18 +135,14 @@ class Tensor:
         out._exact = self._exact
         return out
 
-    def backward(
-        self, gradient: Tensor | Any | None = None, retain_graph: bool = False
-    ) -> None:
+    def backward(self, gradient: Tensor | Any | None = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) × ``gradient`` into the ``.grad`` of every leaf.
 
         ``gradient`` may be omitted for a one-element tensor (it is then 1; for a global
         partial-sum scalar, a *logical* 1). Without ``retain_graph`` the graph is freed.
         """
         if not self.requires_grad:
-            raise RuntimeError(
-                "element 0 of tensors does not require grad and does not have a grad_fn"
-            )
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
         if gradient is None:
             if self.numel() != 1:
                 raise RuntimeError(
@@ -176,9 +174,7 @@ class Tensor:
 
     def item(self) -> float:
         if self.numel() != 1:
-            raise RuntimeError(
-                f"a Tensor with {self.numel()} elements cannot be converted to Scalar"
-            )
+            raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
         return float(self.numpy().reshape(()))
 
     def tolist(self) -> Any:
@@ -198,9 +194,7 @@ class Tensor:
     @property
     def __cuda_array_interface__(self) -> dict:
         if not self.is_cuda or self._global is not None:
-            raise AttributeError(
-                "__cuda_array_interface__ is only exported by local CUDA tensors"
-            )
+            raise AttributeError("__cuda_array_interface__ is only exported by local CUDA tensors")
         return self._data.__cuda_array_interface__
 
     # ----------------------------------------------------------------- conversion
@@ -247,9 +241,7 @@ class Tensor:
     def zero_(self) -> Tensor:
         """Fill with zeros in place (a gradient buffer, or a tensor that records no graph)."""
         if self.requires_grad and graph.is_grad_enabled():
-            raise RuntimeError(
-                "a leaf Variable that requires grad is being used in an in-place operation."
-            )
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if self.is_cuda:
             from klflow import cuda
 
@@ -298,9 +290,7 @@ class Tensor:
         return api.to_local(self)
 
     def to_consistent(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise RuntimeError(
-            "Tensor.to_consistent() is no longer available; use Tensor.to_global() instead"
-        )
+        raise RuntimeError("Tensor.to_consistent() is no longer available; use Tensor.to_global() instead")
 
     # ----------------------------------------------------------------- printing
     def __repr__(self) -> str:
@@ -324,9 +314,7 @@ class Tensor:
 
     def __bool__(self) -> bool:
         if self.numel() != 1:
-            raise RuntimeError(
-                f"Boolean value of Tensor with {self.numel()} elements is ambiguous"
-            )
+            raise RuntimeError(f"Boolean value of Tensor with {self.numel()} elements is ambiguous")
         return bool(self.item())
 
 
@@ -358,9 +346,7 @@ def _parse_to_args(args: tuple, kwargs: dict) -> tuple[dtypes.dtype | None, Devi
         elif isinstance(arg, (str, Device)):
             target_device = arg
         else:
-            raise TypeError(
-                f"to() expects a dtype, a device or a tensor; got {type(arg).__name__} {arg!r}"
-            )
+            raise TypeError(f"to() expects a dtype, a device or a tensor; got {type(arg).__name__} {arg!r}")
     if target_dtype is not None:
         target_dtype = dtypes.resolve(target_dtype)
     if target_device is not None:
@@ -436,9 +422,7 @@ def tensor(
         from klflow import cuda
 
         wrapped = cuda.wrap_interface(data)
-        out = Tensor(wrapped, device=cuda.device_of(wrapped)).to(
-            dtype=resolved, device=target_device
-        )
+        out = Tensor(wrapped, device=cuda.device_of(wrapped)).to(dtype=resolved, device=target_device)
         if out._data is wrapped:
             out = Tensor(_copy_data(out), device=out.device)
         out.requires_grad = requires_grad

@@ -10,7 +10,9 @@ from klflow.check import config, job
 
 
 def _small(**run):
-    return config.parse({"data": {"shape": [9, 4], "seed": 3}, "run": {"dtypes": ["float32", "float64"], **run}})
+    return config.parse(
+        {"data": {"shape": [9, 4], "seed": 3}, "run": {"dtypes": ["float32", "float64"], **run}}
+    )
 
 
 def test_the_job_passes_and_prints_a_table():
@@ -46,5 +48,9 @@ def test_a_wrong_result_fails_the_job(monkeypatch):
 def test_cases_cover_mixed_layouts():
     cfg = _small(sbps=["split(0)", "broadcast"], reductions=["sum"], log_target=[False])
     pairs = {(c[1], c[2]) for c in job.cases(cfg)}
-    assert pairs == {("split(0)", "split(0)"), ("broadcast", "broadcast"),
-                     ("split(0)", "broadcast"), ("broadcast", "split(0)")}
+    assert pairs == {
+        ("split(0)", "split(0)"),
+        ("broadcast", "broadcast"),
+        ("split(0)", "broadcast"),
+        ("broadcast", "split(0)"),
+    }

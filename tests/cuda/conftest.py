@@ -11,7 +11,6 @@ import pytest
 
 import klflow as flow
 
-
 _HERE = Path(__file__).resolve().parent
 
 

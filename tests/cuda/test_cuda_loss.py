@@ -57,15 +57,22 @@ def _within_term_rounding(got, x, y, reduction, log_target, dtype):
 def test_forward_matches_reference(sizes, dtype, log_target, reduction):
     for n in sizes:
         x, y = _data(n, dtype, log_target)
-        out = F.kl_div(flow.tensor(x, device="cuda"), flow.tensor(y, device="cuda"),
-                       reduction=reduction, log_target=log_target)
+        out = F.kl_div(
+            flow.tensor(x, device="cuda"),
+            flow.tensor(y, device="cuda"),
+            reduction=reduction,
+            log_target=log_target,
+        )
         assert out.device == flow.device("cuda:0") and out.dtype == flow.tensor(x).dtype
         expected = kl_reduce(x, y, reduction, log_target)
         if reduction == "none":
             assert _close(out.numpy(), expected, dtype), (n, out.numpy(), expected)
         else:
             assert _within_term_rounding(out.numpy(), x, y, reduction, log_target, dtype), (
-                n, out.numpy(), expected)
+                n,
+                out.numpy(),
+                expected,
+            )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -33,7 +33,9 @@ def test_cuda_array_interface_is_read_without_a_copy():
     target = cuda.to_device(np.array([0.2, 0.2, 0.6], np.float32))
     out = F.kl_div(device_array, target, reduction="sum")  # array-likes straight into the loss
     assert out.is_cuda
-    expected = np.sum(np.float64([0.2, 0.2, 0.6]) * (np.log([0.2, 0.2, 0.6]) - np.float64(np.float32([0.1, 0.2, 0.7]))))
+    expected = np.sum(
+        np.float64([0.2, 0.2, 0.6]) * (np.log([0.2, 0.2, 0.6]) - np.float64(np.float32([0.1, 0.2, 0.7])))
+    )
     assert out.item() == pytest.approx(expected, rel=1e-6)
 
 

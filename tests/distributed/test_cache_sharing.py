@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ JOB = textwrap.dedent("""
     got = flow.nn.functional.kl_div(x, y, reduction="sum").item()
     terms = y.astype(np.float64) * (np.log(y.astype(np.float64)) - x.astype(np.float64))
     expected = float(np.float32(np.sum(terms)))
-    print(f"rank {rank}: {'ok' if abs(got - expected) <= 2e-7 * abs(expected) else 'WRONG'} {got!r}")
+    verdict = "ok" if abs(got - expected) <= 2e-7 * abs(expected) else "WRONG"
+    print(f"<<rank {rank}: {verdict} {got!r}>>", flush=True)
 """)
 
 
@@ -36,7 +38,11 @@ def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
     for attempt in ("cold", "warm"):
         process = subprocess.Popen(
             [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         try:
             out, _ = process.communicate(timeout=HANG_GUARD_S)
@@ -44,7 +50,9 @@ def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"{attempt} start hung")
         assert process.returncode == 0, out
-        results = [line for line in out.splitlines() if line.startswith("rank ")]
-        assert len(results) == 2 and all(" ok " in line for line in results), out
-        assert len({line.split()[-1] for line in results}) == 1  # same bits on both ranks
+        # The ranks' lines may interleave in the shared output: pick out each bracketed report.
+        results = re.findall(r"<<rank (\d): (\w+) (\S+)>>", out)
+        assert sorted(r[0] for r in results) == ["0", "1"], out
+        assert all(r[1] == "ok" for r in results), out
+        assert len({r[2] for r in results}) == 1  # same bits on both ranks
     assert any((tmp_path / "cache").rglob("*.nbi")), "nothing was cached"

@@ -32,7 +32,11 @@ def _run_job(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     process = subprocess.Popen(
         [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     try:
         out, _ = process.communicate(timeout=HANG_GUARD_S)
@@ -44,37 +48,46 @@ def _run_job(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
 
 
 def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):
-    result = _run_job(tmp_path, """
+    result = _run_job(
+        tmp_path,
+        """
         if rank == 1:
             raise RuntimeError("rank 1 gives up")
         x.numpy()          # rank 0 waits in a collective rank 1 never joins
         print("rank 0 finished")
-    """)
+    """,
+    )
     assert result.returncode != 0, result.stdout
     assert "rank 1 gives up" in result.stdout
     assert "rank 0 finished" not in result.stdout
 
 
 def test_a_rank_that_dies_ends_the_whole_job(tmp_path):
-    result = _run_job(tmp_path, """
+    result = _run_job(
+        tmp_path,
+        """
         if rank == 1:
             os._exit(3)    # no Python cleanup, no MPI_Finalize
         x.numpy()
         print("rank 0 finished")
-    """)
+    """,
+    )
     assert result.returncode != 0, result.stdout
     assert "rank 0 finished" not in result.stdout
 
 
 def test_validation_errors_end_every_rank_with_the_same_message(tmp_path):
-    result = _run_job(tmp_path, """
+    result = _run_job(
+        tmp_path,
+        """
         local = flow.from_numpy(np.zeros((3 if rank else 1, 2), np.float32))
         try:
             local.to_global(flow.placement.all("cpu"), flow.sbp.split(0))
         except ValueError as err:
             print(f"<<rank {rank} caught: {err}>>", flush=True)
             sys.exit(5)
-    """)
+    """,
+    )
     assert result.returncode != 0
     # The ranks' lines may interleave in the shared output: pick out each bracketed message.
     caught = dict(re.findall(r"<<rank (\d) caught: (.*?)>>", result.stdout, flags=re.S))

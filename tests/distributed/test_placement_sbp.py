@@ -20,7 +20,9 @@ def test_sbp_reprs_and_equality():
 
 @pytest.mark.parametrize("bad", [-1, 1.0, "0", True])
 def test_split_refuses_bad_dims(bad):
-    with pytest.raises((TypeError, ValueError), match=repr(bad).strip("'") if not isinstance(bad, str) else "0"):
+    with pytest.raises(
+        (TypeError, ValueError), match=repr(bad).strip("'") if not isinstance(bad, str) else "0"
+    ):
         flow.sbp.split(bad)
 
 

@@ -14,18 +14,20 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
-from klflow.kernels import cpu, exact_sum
 from reference import (
     EPS64,
     assert_close,
     element_error_bound,
-    exact_sum as reference_sum,
     input_grad,
     kl_elements,
     target_grad,
     target_grad_error_bound,
 )
+from reference import (
+    exact_sum as reference_sum,
+)
+
+from klflow.kernels import cpu, exact_sum
 
 DTYPES = [np.float16, np.float32, np.float64]
 DTYPE_IDS = ["f16", "f32", "f64"]
@@ -33,9 +35,11 @@ dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 log_target_param = pytest.mark.parametrize("log_target", [False, True], ids=["prob", "logt"])
 # Element counts on both sides of the serial/parallel threshold (and of one BLOCK).
 SIZES = [pytest.param(n, id=f"n{n}") for n in (1, 100, 5000, cpu.SERIAL_BELOW + 12_345)]
-ROUND_STATE = {np.dtype(np.float16): exact_sum.to_float16,
-               np.dtype(np.float32): exact_sum.to_float32,
-               np.dtype(np.float64): exact_sum.to_float64}
+ROUND_STATE = {
+    np.dtype(np.float16): exact_sum.to_float16,
+    np.dtype(np.float32): exact_sum.to_float32,
+    np.dtype(np.float64): exact_sum.to_float64,
+}
 
 
 def make_pair(shape, dtype, log_target, seed):
@@ -94,8 +98,7 @@ def tiny_slabs(monkeypatch):
 def test_pointwise_contiguous(n, log_target, dtype):
     x, y = make_pair((n,), dtype, log_target, n)
     out = cpu.pointwise(x, y, log_target)
-    assert_close(out, kl_elements(x, y, log_target), dtype,
-                 bound=element_error_bound(x, y, log_target))
+    assert_close(out, kl_elements(x, y, log_target), dtype, bound=element_error_bound(x, y, log_target))
 
 
 @log_target_param
@@ -105,8 +108,7 @@ def test_pointwise_fortran_order(log_target, dtype):
     xf, yf = np.asfortranarray(x), np.asfortranarray(y)
     out = cpu.pointwise(xf, yf, log_target)
     assert out.shape == x.shape
-    assert_close(out, kl_elements(x, y, log_target), dtype,
-                 bound=element_error_bound(x, y, log_target))
+    assert_close(out, kl_elements(x, y, log_target), dtype, bound=element_error_bound(x, y, log_target))
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5), (2, 3, 2, 4)], ids=str)
@@ -116,8 +118,7 @@ def test_pointwise_staged_in_many_slabs(tiny_slabs, shape, log_target, dtype):
     x, y = make_pair(shape, dtype, log_target, 2)
     out = cpu.pointwise(strided(x), np.asfortranarray(y), log_target)
     assert tiny_slabs["slabs"] > 1
-    assert_close(out, kl_elements(x, y, log_target), dtype,
-                 bound=element_error_bound(x, y, log_target))
+    assert_close(out, kl_elements(x, y, log_target), dtype, bound=element_error_bound(x, y, log_target))
 
 
 @log_target_param
@@ -125,8 +126,7 @@ def test_pointwise_staged_in_many_slabs(tiny_slabs, shape, log_target, dtype):
 def test_pointwise_mixed_c_and_f_orders(log_target, dtype):
     x, y = make_pair((9, 8, 3), dtype, log_target, 3)
     out = cpu.pointwise(np.ascontiguousarray(x), np.asfortranarray(y), log_target)
-    assert_close(out, kl_elements(x, y, log_target), dtype,
-                 bound=element_error_bound(x, y, log_target))
+    assert_close(out, kl_elements(x, y, log_target), dtype, bound=element_error_bound(x, y, log_target))
 
 
 @log_target_param
@@ -135,8 +135,7 @@ def test_pointwise_staging_at_default_slab_size(log_target):
     x, y = make_pair((600, 1000), np.float32, log_target, 4)
     assert x.size > cpu.SLAB_ELEMENTS
     out = cpu.pointwise(strided(x), y, log_target)
-    assert_close(out, kl_elements(x, y, log_target), np.float32,
-                 bound=element_error_bound(x, y, log_target))
+    assert_close(out, kl_elements(x, y, log_target), np.float32, bound=element_error_bound(x, y, log_target))
 
 
 def test_pointwise_empty_and_zero_dim():
@@ -153,8 +152,7 @@ def test_pointwise_float16_rounds_once_from_float64():
     y = np.asarray(rng.uniform(2.0**-14, 4, 4096), np.float16)
     out = cpu.pointwise(x, y, False)
     assert out.dtype == np.float16
-    assert_close(out, kl_elements(x, y, False), np.float16,
-                 bound=element_error_bound(x, y, False))
+    assert_close(out, kl_elements(x, y, False), np.float16, bound=element_error_bound(x, y, False))
 
 
 def test_pointwise_float16_overflow_is_inf():
@@ -235,8 +233,7 @@ def test_reduce_sum_large_staged_above_serial_threshold(with_grad):
 def test_reduce_sum_layout_independent_bits(dtype):
     x, y = make_pair((40, 30), dtype, False, 42)
     expected_state, expected_grad = cpu.reduce_sum(x, y, False, 0.5)
-    for xl, yl in [(np.asfortranarray(x), np.asfortranarray(y)), (strided(x), y),
-                   (x, np.asfortranarray(y))]:
+    for xl, yl in [(np.asfortranarray(x), np.asfortranarray(y)), (strided(x), y), (x, np.asfortranarray(y))]:
         state, grad = cpu.reduce_sum(xl, yl, False, 0.5)
         assert state_value(state, np.float64) == state_value(expected_state, np.float64)
         assert state_value(state, dtype) == state_value(expected_state, dtype)
@@ -334,8 +331,9 @@ def test_target_grad_array_scalar_upstream(n, log_target, dtype):
     x, y = make_pair((n,), dtype, log_target, 80 + n)
     got = cpu.target_grad_array(x, y, 0.75, 0.5, log_target)
     ref = target_grad(x, y, log_target, 0.75, 0.5)
-    assert_close(got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, 0.75, 0.5),
-                 what="target grad")
+    assert_close(
+        got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, 0.75, 0.5), what="target grad"
+    )
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -346,8 +344,9 @@ def test_target_grad_array_elementwise_upstream(n, log_target, dtype):
     upstream = np.asarray(np.random.default_rng(n + 1).uniform(-2, 2, n), dtype)
     got = cpu.target_grad_array(x, y, upstream, 1.0, log_target)
     ref = target_grad(x, y, log_target, upstream, 1.0)
-    assert_close(got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, upstream),
-                 what="target grad")
+    assert_close(
+        got, ref, dtype, bound=target_grad_error_bound(x, y, log_target, upstream), what="target grad"
+    )
 
 
 @log_target_param
@@ -362,8 +361,9 @@ def test_gradients_staged_in_many_slabs(tiny_slabs, log_target, dtype):
     ref_x = input_grad(x, y, log_target, upstream)
     ref_y = target_grad(x, y, log_target, upstream)
     assert_close(gx, ref_x, dtype, bound=4 * EPS64 * np.abs(ref_x), what="input grad")
-    assert_close(gy, ref_y, dtype, bound=target_grad_error_bound(x, y, log_target, upstream),
-                 what="target grad")
+    assert_close(
+        gy, ref_y, dtype, bound=target_grad_error_bound(x, y, log_target, upstream), what="target grad"
+    )
 
 
 @log_target_param

@@ -89,7 +89,8 @@ def reference_sum(values, fmt=FLOAT64) -> float:
 def state_value(state: np.ndarray) -> Fraction:
     """The exact value the digits hold, read with Python integers from the documented layout."""
     weights = (Fraction(2) ** (LOW_EXPONENT + 32 * k) for k in range(NDIGITS))
-    return sum((int(digit) * weight for digit, weight in zip(state[:NDIGITS], weights)), Fraction(0))
+    pairs = zip(state[:NDIGITS], weights, strict=False)
+    return sum((int(digit) * weight for digit, weight in pairs), Fraction(0))
 
 
 def same_float(a: float, b: float) -> bool:
@@ -233,7 +234,7 @@ def test_specials_use_counters():
 
 def test_fsum_agrees_on_random_scales():
     rng = np.random.default_rng(5)
-    for trial in range(40):
+    for _trial in range(40):
         n = int(rng.integers(1, 5000))
         low, high = sorted(rng.integers(-1070, 1000, 2))
         values = rng.standard_normal(n) * np.exp2(rng.integers(low, high + 1, n).astype(float))
@@ -246,7 +247,7 @@ def test_fsum_agrees_on_random_scales():
 
 def test_exact_random_terms_all_formats():
     rng = np.random.default_rng(7)
-    for trial in range(30):
+    for _trial in range(30):
         n = int(rng.integers(1, 3000))
         with np.errstate(over="ignore"):
             values = rng.standard_normal(n) * np.exp2(rng.integers(-1100, 1030, n).astype(float))
@@ -294,7 +295,7 @@ def test_add_scaled_int_exact_across_its_range():
     extremes = [(widest, es.MAX_SCALE_EXPONENT), (-widest, es.MIN_SCALE_EXPONENT), (-widest, 1024)]
     values = rng.integers(-widest, widest, 2000, endpoint=True)
     exponents = rng.integers(es.MIN_SCALE_EXPONENT, es.MAX_SCALE_EXPONENT, 2000, endpoint=True)
-    randoms = [(int(v), int(e)) for v, e in zip(values, exponents)]
+    randoms = [(int(v), int(e)) for v, e in zip(values, exponents, strict=False)]
     for value, exponent in extremes + randoms:
         add_scaled_int(state, value, exponent)
         expected += value * Fraction(2) ** exponent
@@ -358,7 +359,7 @@ def test_raw_states_sum_digitwise_without_normalizing():
     """Raw states (digits below CARRY_LIMIT) can be all-reduced as int64 arrays: here 4096 of them."""
     rng = np.random.default_rng(10)
     states = np.empty((4096, STATE_LEN), dtype=np.int64)
-    states[:, :NDIGITS - 1] = rng.integers(-es.CARRY_LIMIT + 1, es.CARRY_LIMIT, (4096, NDIGITS - 1))
+    states[:, : NDIGITS - 1] = rng.integers(-es.CARRY_LIMIT + 1, es.CARRY_LIMIT, (4096, NDIGITS - 1))
     states[:, NDIGITS - 1] = rng.integers(-5, 5, 4096)
     states[:, NDIGITS:] = 0
     reduced = states.sum(axis=0)
@@ -449,7 +450,7 @@ def partitioned_state(values, rng: random.Random) -> np.ndarray:
     values = list(values)
     rng.shuffle(values)
     cuts = sorted(rng.sample(range(len(values) + 1), min(len(values) + 1, rng.randint(1, 8))))
-    pieces = [values[a:b] for a, b in zip([0] + cuts, cuts + [len(values)])]
+    pieces = [values[a:b] for a, b in zip([0] + cuts, cuts + [len(values)], strict=False)]
     states = []
     for piece in pieces:
         if rng.random() < 0.3:

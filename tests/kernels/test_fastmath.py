@@ -25,8 +25,10 @@ from klflow.kernels.fastmath import exp32, exp64, log32, log64
 # float64, 0.76 and 0.78 float32 ulp over every float32 input); tighter than the one-ulp contract
 # so that a regression shows before it breaks the contract.
 # Without FMA hardware the fused steps round twice and log reaches 0.86 ulp.
-_FUSED_MULTIPLY_ADD = (llvm.get_host_cpu_features().get("fma", False)
-                       or platform.machine().lower() in ("aarch64", "arm64"))
+_FUSED_MULTIPLY_ADD = llvm.get_host_cpu_features().get("fma", False) or platform.machine().lower() in (
+    "aarch64",
+    "arm64",
+)
 LOG64_MAX_ULP = 0.8 if _FUSED_MULTIPLY_ADD else 0.9
 EXP64_MAX_ULP = 0.8
 LOG32_MAX_ULP = 0.8 if _FUSED_MULTIPLY_ADD else 0.9
@@ -41,7 +43,8 @@ EXP_OVERFLOW_THRESHOLD = 709.782712893384
 EXP_ZERO_BELOW = -745.1332191019412
 
 needs_extended_longdouble = pytest.mark.skipif(
-    np.finfo(np.longdouble).nmant < 63, reason="needs an 80-bit or wider np.longdouble reference")
+    np.finfo(np.longdouble).nmant < 63, reason="needs an 80-bit or wider np.longdouble reference"
+)
 pytestmark = needs_extended_longdouble
 
 
@@ -100,8 +103,7 @@ def ulp_errors(got: np.ndarray, exact: np.ndarray, float_type: type = np.float64
     exact = np.asarray(exact, dtype=wide)
     _, exponent = np.frexp(np.abs(exact))
     smallest_exponent = int(np.log2(info.smallest_subnormal))
-    unit = np.ldexp(wide(1.0), np.maximum(exponent.astype(np.int64) - info.nmant - 1,
-                                          smallest_exponent))
+    unit = np.ldexp(wide(1.0), np.maximum(exponent.astype(np.int64) - info.nmant - 1, smallest_exponent))
     return np.abs(np.asarray(got, dtype=wide) - exact) / unit
 
 
@@ -144,22 +146,26 @@ def test_log_reduced_range_where_rounding_is_worst(rng: np.random.Generator) -> 
 
 def test_log_near_one(rng: np.random.Generator) -> None:
     steps = np.arange(1, 2000, dtype=np.float64)
-    x = np.concatenate([
-        1.0 + steps * np.finfo(np.float64).eps,
-        1.0 - steps * np.finfo(np.float64).epsneg,
-        1.0 + rng.uniform(-2.0**-20, 2.0**-20, 100_000),
-        1.0 + rng.uniform(-2.0**-6, 2.0**-6, 100_000),
-    ])
+    x = np.concatenate(
+        [
+            1.0 + steps * np.finfo(np.float64).eps,
+            1.0 - steps * np.finfo(np.float64).epsneg,
+            1.0 + rng.uniform(-(2.0**-20), 2.0**-20, 100_000),
+            1.0 + rng.uniform(-(2.0**-6), 2.0**-6, 100_000),
+        ]
+    )
     assert max_log_error(x) <= LOG64_MAX_ULP
     assert _log_one(1.0) == 0.0 and not math.copysign(1.0, _log_one(1.0)) < 0
 
 
 def test_log_subnormals(rng: np.random.Generator) -> None:
-    x = np.concatenate([
-        rng.uniform(0.0, SMALLEST_NORMAL, 100_000),
-        np.arange(1, 4096) * SMALLEST_SUBNORMAL,
-        [SMALLEST_NORMAL - SMALLEST_SUBNORMAL],
-    ])
+    x = np.concatenate(
+        [
+            rng.uniform(0.0, SMALLEST_NORMAL, 100_000),
+            np.arange(1, 4096) * SMALLEST_SUBNORMAL,
+            [SMALLEST_NORMAL - SMALLEST_SUBNORMAL],
+        ]
+    )
     x = x[x > 0]
     assert max_log_error(x) <= LOG64_MAX_ULP
 
@@ -179,13 +185,16 @@ def test_exp_whole_finite_range(rng: np.random.Generator) -> None:
 
 
 def test_exp_moderate_and_tiny_arguments(rng: np.random.Generator) -> None:
-    x = np.concatenate([
-        rng.uniform(-2.0, 2.0, 200_000),
-        # Around +-ln2/2, where the reduced argument is largest.
-        rng.uniform(0.34, 0.36, 50_000), rng.uniform(-0.36, -0.34, 50_000),
-        rng.uniform(-1e-9, 1e-9, 20_000),
-        [0.0, -0.0, SMALLEST_SUBNORMAL, -SMALLEST_SUBNORMAL, 1e-300],
-    ])
+    x = np.concatenate(
+        [
+            rng.uniform(-2.0, 2.0, 200_000),
+            # Around +-ln2/2, where the reduced argument is largest.
+            rng.uniform(0.34, 0.36, 50_000),
+            rng.uniform(-0.36, -0.34, 50_000),
+            rng.uniform(-1e-9, 1e-9, 20_000),
+            [0.0, -0.0, SMALLEST_SUBNORMAL, -SMALLEST_SUBNORMAL, 1e-300],
+        ]
+    )
     assert max_exp_error(x) <= EXP64_MAX_ULP
 
 
@@ -200,8 +209,9 @@ def test_exp_near_overflow_threshold() -> None:
     got = _exp_all(below)
     assert np.all(np.isfinite(got))
     assert float(ulp_errors(got, exact_exp(below)).max()) <= EXP64_MAX_ULP
-    above = np.array([np.nextafter(EXP_OVERFLOW_THRESHOLD, np.inf), 709.8, 710.0, 711.0, 1e4,
-                      1e300, LARGEST_FINITE])
+    above = np.array(
+        [np.nextafter(EXP_OVERFLOW_THRESHOLD, np.inf), 709.8, 710.0, 711.0, 1e4, 1e300, LARGEST_FINITE]
+    )
     assert np.all(_exp_all(above) == np.inf)
 
 
@@ -248,8 +258,28 @@ def test_exp_special_values() -> None:
 
 def test_special_values_inside_a_vectorised_loop() -> None:
     # The same inputs through the vector body (8 lanes and a remainder) as through scalar calls.
-    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -1.0, 1.0, SMALLEST_SUBNORMAL, 2.0, 0.5,
-                  -SMALLEST_NORMAL, LARGEST_FINITE, 710.0, -746.0, 3.0, np.e, -2.0] * 3)
+    x = np.array(
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -1.0,
+            1.0,
+            SMALLEST_SUBNORMAL,
+            2.0,
+            0.5,
+            -SMALLEST_NORMAL,
+            LARGEST_FINITE,
+            710.0,
+            -746.0,
+            3.0,
+            np.e,
+            -2.0,
+        ]
+        * 3
+    )
     got_log = _log_all(x)
     got_exp = _exp_all(x)
     for i, value in enumerate(x):
@@ -293,10 +323,14 @@ def test_log32_sampled_over_every_positive_float32() -> None:
 
 def test_log32_dense_near_one_and_in_subnormals() -> None:
     one = 0x3F800000
-    x = np.concatenate([float32_sample(1, one - 2**20, one + 2**20),
-                        float32_sample(1, 1, 2**20),
-                        float32_sample(1, 0x3F340000, 0x3F360000),  # near sqrt(1/2)
-                        float32_sample(1, 0x3FB40000, 0x3FB60000)])  # near sqrt(2)
+    x = np.concatenate(
+        [
+            float32_sample(1, one - 2**20, one + 2**20),
+            float32_sample(1, 1, 2**20),
+            float32_sample(1, 0x3F340000, 0x3F360000),  # near sqrt(1/2)
+            float32_sample(1, 0x3FB40000, 0x3FB60000),
+        ]
+    )  # near sqrt(2)
     assert max_log32_error(x) <= LOG32_MAX_ULP
 
 
@@ -309,8 +343,9 @@ def test_exp32_sampled_over_its_finite_range() -> None:
 
 def test_exp32_thresholds_and_special_values() -> None:
     assert np.isfinite(_exp32_all(np.array([FLOAT32_EXP_LAST_FINITE]))[0])
-    overflowing = np.array([FLOAT32_EXP_FIRST_INFINITE, 89.0, 1e4, FLOAT32_LARGEST_FINITE, np.inf],
-                           dtype=np.float32)
+    overflowing = np.array(
+        [FLOAT32_EXP_FIRST_INFINITE, 89.0, 1e4, FLOAT32_LARGEST_FINITE, np.inf], dtype=np.float32
+    )
     assert np.all(_exp32_all(overflowing) == np.inf)
     vanishing = np.array([-104.0, -150.0, -FLOAT32_LARGEST_FINITE, -np.inf], dtype=np.float32)
     got = _exp32_all(vanishing)
@@ -324,8 +359,22 @@ def test_exp32_thresholds_and_special_values() -> None:
 
 
 def test_log32_special_values() -> None:
-    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, -1.0, -FLOAT32_SMALLEST_SUBNORMAL,
-                  1.0, FLOAT32_SMALLEST_SUBNORMAL, FLOAT32_LARGEST_FINITE], dtype=np.float32)
+    x = np.array(
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -np.nan,
+            -1.0,
+            -FLOAT32_SMALLEST_SUBNORMAL,
+            1.0,
+            FLOAT32_SMALLEST_SUBNORMAL,
+            FLOAT32_LARGEST_FINITE,
+        ],
+        dtype=np.float32,
+    )
     got = _log32_all(x)
     assert got.dtype == np.float32
     assert got[0] == -np.inf and got[1] == -np.inf and got[2] == np.inf
@@ -337,10 +386,12 @@ def test_log32_special_values() -> None:
 
 # --- properties -----------------------------------------------------------------------------------
 
-positive_floats = st.floats(min_value=SMALLEST_SUBNORMAL, max_value=LARGEST_FINITE,
-                            allow_nan=False, allow_infinity=False)
-exp_arguments = st.floats(min_value=-745.0, max_value=EXP_OVERFLOW_THRESHOLD,
-                          allow_nan=False, allow_infinity=False)
+positive_floats = st.floats(
+    min_value=SMALLEST_SUBNORMAL, max_value=LARGEST_FINITE, allow_nan=False, allow_infinity=False
+)
+exp_arguments = st.floats(
+    min_value=-745.0, max_value=EXP_OVERFLOW_THRESHOLD, allow_nan=False, allow_infinity=False
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -380,8 +431,9 @@ def test_log_inverts_exp(x: float) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.floats(min_value=float(FLOAT32_SMALLEST_SUBNORMAL),
-                 max_value=float(FLOAT32_LARGEST_FINITE), width=32))
+@given(
+    st.floats(min_value=float(FLOAT32_SMALLEST_SUBNORMAL), max_value=float(FLOAT32_LARGEST_FINITE), width=32)
+)
 def test_log32_ulp_bound_property(x: float) -> None:
     value = np.array([x], dtype=np.float32)
     error = ulp_errors(_log32_all(value), np.log(value.astype(np.float64)), np.float32)
@@ -416,10 +468,11 @@ def _assembly_of_loop(function, dtype: type = np.float64) -> str:
 
 
 @pytest.mark.skipif(not _HAS_AVX2, reason="host CPU has no AVX2")
-@pytest.mark.parametrize(("function", "dtype"),
-                         [(log64, np.float64), (exp64, np.float64),
-                          (log32, np.float32), (exp32, np.float32)],
-                         ids=["log64", "exp64", "log32", "exp32"])
+@pytest.mark.parametrize(
+    ("function", "dtype"),
+    [(log64, np.float64), (exp64, np.float64), (log32, np.float32), (exp32, np.float32)],
+    ids=["log64", "exp64", "log32", "exp32"],
+)
 def test_loop_compiles_to_vector_instructions_without_libm_calls(function, dtype: type) -> None:
     assembly = _assembly_of_loop(function, dtype)
     assert _VECTOR_ARITHMETIC.search(assembly), "the loop was not vectorised"

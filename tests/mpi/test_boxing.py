@@ -68,8 +68,10 @@ def test_partial_sum_value_is_the_sum_of_components(world):
     x = flow.from_numpy(mine).to_global(flow.placement.all("cpu"), flow.sbp.partial_sum)
     expected = np.full((3,), size * (size + 1) / 2)
     assert_everywhere(np.array_equal(x.numpy(), expected))
-    assert_everywhere(float(flow.from_numpy(np.ones(1)).to_global(
-        flow.placement.all("cpu"), flow.sbp.partial_sum).item()) == size)
+    assert_everywhere(
+        float(flow.from_numpy(np.ones(1)).to_global(flow.placement.all("cpu"), flow.sbp.partial_sum).item())
+        == size
+    )
 
 
 def test_subset_placement_leaves_other_ranks_empty(world):
@@ -110,7 +112,7 @@ def test_repr_prints_the_logical_value_with_placement_and_sbp(world):
     x = as_global(np.arange(3, dtype=np.float32), flow.sbp.split(0))
     text = repr(x)
     expected = (
-        f"tensor([0., 1., 2.], placement=klflow.placement(type=\"cpu\", ranks={list(range(size))}), "
+        f'tensor([0., 1., 2.], placement=klflow.placement(type="cpu", ranks={list(range(size))}), '
         f"sbp=(klflow.sbp.split(dim=0),), dtype=klflow.float32)"
     )
     if len(expected) > 80:  # OneFlow wraps suffixes past the line width

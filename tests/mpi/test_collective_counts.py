@@ -47,7 +47,7 @@ def test_each_edge_uses_its_collective(world):
     ]
     for source, target, expected in expectations:
         x = as_global(seeded((9, 5)), source)
-        calls, _ = _count(lambda: x.to_global(sbp=target))
+        calls, _ = _count(lambda x=x, target=target: x.to_global(sbp=target))
         assert_everywhere(calls == expected, f"{source}->{target}: {calls}")
 
 

@@ -46,8 +46,11 @@ def test_cuda_placement_matches_the_cpu_reference(world, sbp, reduction):
     expected = F.kl_div(x_full, y_full, reduction=reduction).numpy()
     assert_everywhere(np.allclose(out.numpy(), expected, rtol=1e-13, atol=0), f"{out.numpy()} vs {expected}")
     if reduction == "none":
-        out.backward(flow.tensor(np.ones(out.to_local().shape), device=out.to_local().device)
-                     .to_global(out.placement, out.sbp))
+        out.backward(
+            flow.tensor(np.ones(out.to_local().shape), device=out.to_local().device).to_global(
+                out.placement, out.sbp
+            )
+        )
         upstream = 1.0
     else:
         out.backward()

@@ -18,7 +18,8 @@ def test_unbalanced_split_layout_is_refused_everywhere(world):
     rows = 3 if rank == size - 1 else 1  # the last rank holds more than the first: not balanced
     local = flow.from_numpy(np.zeros((rows, 2), np.float32))
     raises_everywhere(
-        ValueError, r"rank .*balanced split",
+        ValueError,
+        r"rank .*balanced split",
         lambda: local.to_global(flow.placement.all("cpu"), flow.sbp.split(0)),
     )
 
@@ -28,8 +29,11 @@ def test_mismatched_trailing_shape_is_refused_everywhere(world):
     if size < 2:
         pytest.skip("needs at least 2 ranks")
     local = flow.from_numpy(np.zeros((2, 3 if rank == 0 else 4), np.float32))
-    raises_everywhere(ValueError, r"differ off the split axis",
-                      lambda: local.to_global(flow.placement.all("cpu"), flow.sbp.split(0)))
+    raises_everywhere(
+        ValueError,
+        r"differ off the split axis",
+        lambda: local.to_global(flow.placement.all("cpu"), flow.sbp.split(0)),
+    )
 
 
 def test_broadcast_from_local_checks_shape_and_dtype_on_every_rank(world):
@@ -37,11 +41,17 @@ def test_broadcast_from_local_checks_shape_and_dtype_on_every_rank(world):
     if size < 2:
         pytest.skip("needs at least 2 ranks")
     shaped = flow.from_numpy(np.zeros((2, 2) if rank else (2, 3), np.float32))
-    raises_everywhere(ValueError, r"same shape on every rank.*rank 0: \[2, 3\]",
-                      lambda: shaped.to_global(flow.placement.all("cpu"), flow.sbp.broadcast))
+    raises_everywhere(
+        ValueError,
+        r"same shape on every rank.*rank 0: \[2, 3\]",
+        lambda: shaped.to_global(flow.placement.all("cpu"), flow.sbp.broadcast),
+    )
     typed = flow.from_numpy(np.zeros((2,), np.float64 if rank == size - 1 else np.float32))
-    raises_everywhere(ValueError, r"different dtypes.*float64",
-                      lambda: typed.to_global(flow.placement.all("cpu"), flow.sbp.broadcast))
+    raises_everywhere(
+        ValueError,
+        r"different dtypes.*float64",
+        lambda: typed.to_global(flow.placement.all("cpu"), flow.sbp.broadcast),
+    )
 
 
 def test_ranks_asking_for_different_sbps_are_refused_everywhere(world):
@@ -50,24 +60,32 @@ def test_ranks_asking_for_different_sbps_are_refused_everywhere(world):
         pytest.skip("needs at least 2 ranks")
     local = flow.from_numpy(np.zeros((size, size), np.float32))
     sbp = flow.sbp.split(0) if rank == 0 else flow.sbp.split(1)
-    raises_everywhere(ValueError, r"asked for different placements/SBPs",
-                      lambda: local.to_global(flow.placement.all("cpu"), sbp))
+    raises_everywhere(
+        ValueError,
+        r"asked for different placements/SBPs",
+        lambda: local.to_global(flow.placement.all("cpu"), sbp),
+    )
     x = as_global(seeded((size, size)), flow.sbp.broadcast)
-    raises_everywhere(ValueError, r"asked for different placements/SBPs",
-                      lambda: x.to_global(sbp=sbp))
+    raises_everywhere(ValueError, r"asked for different placements/SBPs", lambda: x.to_global(sbp=sbp))
 
 
 def test_placement_beyond_the_world_is_refused(world):
     rank, size = world
     local = flow.from_numpy(np.zeros(3, np.float32))
-    raises_everywhere(ValueError, rf"names ranks \[{size}\] but the job has only {size} rank",
-                      lambda: local.to_global(flow.placement("cpu", [0, size]), flow.sbp.broadcast))
+    raises_everywhere(
+        ValueError,
+        rf"names ranks \[{size}\] but the job has only {size} rank",
+        lambda: local.to_global(flow.placement("cpu", [0, size]), flow.sbp.broadcast),
+    )
 
 
 def test_split_dim_beyond_the_tensor_is_refused(world):
     local = flow.from_numpy(np.zeros(3, np.float32))
-    raises_everywhere(ValueError, r"split\(dim=1\) needs a tensor with more than 1 dimensions",
-                      lambda: local.to_global(flow.placement.all("cpu"), flow.sbp.split(1)))
+    raises_everywhere(
+        ValueError,
+        r"split\(dim=1\) needs a tensor with more than 1 dimensions",
+        lambda: local.to_global(flow.placement.all("cpu"), flow.sbp.split(1)),
+    )
 
 
 def test_loss_refuses_mixed_local_and_global_inputs(world):
@@ -92,5 +110,6 @@ def test_loss_called_differently_on_ranks_is_refused(world):
     x = as_global(seeded((4, 2)), flow.sbp.split(0))
     y = as_global(seeded((4, 2), positive=True), flow.sbp.split(0))
     reduction = "sum" if rank == 0 else "mean"
-    raises_everywhere(ValueError, r"called differently on different ranks",
-                      lambda: F.kl_div(x, y, reduction=reduction))
+    raises_everywhere(
+        ValueError, r"called differently on different ranks", lambda: F.kl_div(x, y, reduction=reduction)
+    )

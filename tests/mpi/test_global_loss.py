@@ -43,11 +43,14 @@ def test_global_loss_equals_single_process(world, sbp, reduction, log_target, dt
     x = as_global(x_full, sbp)
     y = as_global(y_full, sbp)
     out = F.kl_div(x, y, reduction=reduction, log_target=log_target)
-    single = F.kl_div(flow.from_numpy(x_full), flow.from_numpy(y_full), reduction=reduction,
-                      log_target=log_target).numpy()
+    single = F.kl_div(
+        flow.from_numpy(x_full), flow.from_numpy(y_full), reduction=reduction, log_target=log_target
+    ).numpy()
     got = out.numpy()
-    assert_everywhere(got.dtype == single.dtype and got.tobytes() == single.tobytes(),
-                      f"{sbp} {reduction}: {got.ravel()[:3]} vs {single.ravel()[:3]}")
+    assert_everywhere(
+        got.dtype == single.dtype and got.tobytes() == single.tobytes(),
+        f"{sbp} {reduction}: {got.ravel()[:3]} vs {single.ravel()[:3]}",
+    )
     if reduction == "none":
         expected_sbp = flow.sbp.broadcast if sbp.is_partial_sum else sbp
     else:
@@ -90,8 +93,10 @@ def test_input_and_target_gradients_keep_the_layout(world, sbp, reduction):
     for leaf, reference in ((x, lx), (y, ly)):
         assert_everywhere(leaf.grad.sbp == (grad_sbp,), f"grad sbp {leaf.grad.sbp}")
         got = leaf.grad.numpy()
-        assert_everywhere(np.array_equal(got, reference.grad.numpy(), equal_nan=True),
-                          f"{sbp} {reduction}: gradient differs")
+        assert_everywhere(
+            np.array_equal(got, reference.grad.numpy(), equal_nan=True),
+            f"{sbp} {reduction}: gradient differs",
+        )
 
 
 def test_gradient_flows_back_to_the_local_component(world):
@@ -137,7 +142,8 @@ def test_same_bits_for_any_rank_count_is_the_single_process_value(world):
     # Every rank count must land on the single-process bits; the suite runs with 2, 3 and 4.
     x_full = seeded((1000, 7), np.float32, seed=5)
     y_full = seeded((1000, 7), np.float32, seed=6, positive=True)
-    out = F.kl_div(as_global(x_full, flow.sbp.split(0)), as_global(y_full, flow.sbp.split(0)),
-                   reduction="sum")
+    out = F.kl_div(
+        as_global(x_full, flow.sbp.split(0)), as_global(y_full, flow.sbp.split(0)), reduction="sum"
+    )
     single = F.kl_div(x_full, y_full, reduction="sum")
     assert_everywhere(out.numpy().tobytes() == single.numpy().tobytes())

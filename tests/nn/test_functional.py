@@ -21,9 +21,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import klflow as flow
-import klflow.nn.functional as F
 from reference import (
     EPS64,
     assert_close,
@@ -38,14 +35,22 @@ from reference import (
     target_grad_error_bound,
 )
 
+import klflow as flow
+import klflow.nn.functional as F
+
 REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 DTYPES = [np.float16, np.float32, np.float64]
-FLOW_DTYPE = {np.dtype(np.float16): flow.float16, np.dtype(np.float32): flow.float32,
-              np.dtype(np.float64): flow.float64}
+FLOW_DTYPE = {
+    np.dtype(np.float16): flow.float16,
+    np.dtype(np.float32): flow.float32,
+    np.dtype(np.float64): flow.float64,
+}
 SHAPES = [(), (1,), (7,), (3, 4), (2, 3, 4), (2, 1, 3, 2), (2, 3, 1, 2, 3), (0,), (3, 0), (0, 4)]
 REDUCTION_SHAPES = [
     pytest.param(r, s, id=f"{r}-{'x'.join(map(str, s)) or 'scalar'}")
-    for r in REDUCTIONS for s in SHAPES if not (r == "batchmean" and s == ())
+    for r in REDUCTIONS
+    for s in SHAPES
+    if not (r == "batchmean" and s == ())
 ]
 ITEMSIZE_ID = {np.float16: "f16", np.float32: "f32", np.float64: "f64"}
 dtype_param = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: ITEMSIZE_ID[d])
@@ -75,8 +80,11 @@ def make_pair(shape, dtype, log_target, seed):
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal shapes, dtypes and bit patterns, element for element (whatever the layouts)."""
-    return (a.shape == b.shape and a.dtype == b.dtype
-            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    )
 
 
 def make_upstream(shape, dtype, seed):
@@ -270,12 +278,19 @@ def relayout(a: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(kind)
 
 
-LAYOUT_PAIRS = [("F", "F"), ("C", "F"), ("F", "C"), ("strided", "C"), ("C", "strided"),
-                ("reversed", "F"), ("permuted", "strided"), ("permuted", "permuted"),
-                ("reversed", "reversed")]
+LAYOUT_PAIRS = [
+    ("F", "F"),
+    ("C", "F"),
+    ("F", "C"),
+    ("strided", "C"),
+    ("C", "strided"),
+    ("reversed", "F"),
+    ("permuted", "strided"),
+    ("permuted", "permuted"),
+    ("reversed", "reversed"),
+]
 LAYOUT_SHAPES = [(5, 6), (3, 4, 5), (2, 3, 2, 3, 2)]
-layout_param = pytest.mark.parametrize(
-    "layouts", LAYOUT_PAIRS, ids=["-".join(p) for p in LAYOUT_PAIRS])
+layout_param = pytest.mark.parametrize("layouts", LAYOUT_PAIRS, ids=["-".join(p) for p in LAYOUT_PAIRS])
 layout_shape_param = pytest.mark.parametrize("shape", LAYOUT_SHAPES, ids=str)
 
 
@@ -315,7 +330,7 @@ def test_layout_does_not_change_a_bit(layouts, shape, reduction, log_target, dty
 
     expected = run(np.ascontiguousarray(x), np.ascontiguousarray(y))
     got = run(relayout(x, layouts[0]), relayout(y, layouts[1]))
-    for name, want, have in zip(("loss", "input grad", "target grad"), expected, got):
+    for name, want, have in zip(("loss", "input grad", "target grad"), expected, got, strict=False):
         assert same_bits(have, want), name
 
 
@@ -389,8 +404,7 @@ def test_same_tensor_as_input_and_target(log_target):
     values = np.array([0.5, 2.0, 1.5, -0.25])
     t = flow.tensor(values, requires_grad=True)
     F.kl_div(t, t, reduction="sum", log_target=log_target).backward()
-    expected = (input_grad(values, values, log_target)
-                + target_grad(values, values, log_target))
+    expected = input_grad(values, values, log_target) + target_grad(values, values, log_target)
     assert_close(t.grad.numpy(), expected, np.float64, bound=8 * EPS64 * (np.abs(expected) + 2))
 
 
@@ -419,8 +433,9 @@ def test_float64_sum_equals_fsum_of_exact_elements(n, log_target):
     got = F.kl_div(x, y, reduction="sum", log_target=log_target).item()
     assert got == expected
     assert F.kl_div(x, y, reduction="mean", log_target=log_target).item() == expected / n
-    assert F.kl_div(x.reshape(n // 10, 10), y.reshape(n // 10, 10), reduction="batchmean",
-                    log_target=log_target).item() == expected / (n // 10)
+    assert F.kl_div(
+        x.reshape(n // 10, 10), y.reshape(n // 10, 10), reduction="batchmean", log_target=log_target
+    ).item() == expected / (n // 10)
 
 
 def test_float64_sum_of_cancelling_huge_terms():
@@ -445,8 +460,7 @@ def is_correctly_rounded(got: float, exact: Fraction, dtype) -> bool:
     below = np.nextafter(value, np.asarray(-np.inf, dtype))
     above = np.nextafter(value, np.asarray(np.inf, dtype))
     distance = abs(Fraction(float(value)) - exact)
-    return distance <= abs(Fraction(float(below)) - exact) and distance <= abs(
-        Fraction(float(above)) - exact)
+    return distance <= abs(Fraction(float(below)) - exact) and distance <= abs(Fraction(float(above)) - exact)
 
 
 def test_float32_sum_rounds_the_exact_sum_once():
@@ -474,11 +488,15 @@ def test_narrow_sum_is_correctly_rounded_exact_sum(dtype):
     assert is_correctly_rounded(got, exact, dtype)
 
 
-@pytest.mark.parametrize("dtype, largest, half_ulp", [
-    (np.float16, 65504.0, 16.0),
-    (np.float32, float(np.finfo(np.float32).max), 2.0**103),
-    (np.float64, float(np.finfo(np.float64).max), 2.0**970),
-], ids=["f16", "f32", "f64"])
+@pytest.mark.parametrize(
+    "dtype, largest, half_ulp",
+    [
+        (np.float16, 65504.0, 16.0),
+        (np.float32, float(np.finfo(np.float32).max), 2.0**103),
+        (np.float64, float(np.finfo(np.float64).max), 2.0**970),
+    ],
+    ids=["f16", "f32", "f64"],
+)
 def test_sum_rounds_to_inf_exactly_at_the_overflow_threshold(dtype, largest, half_ulp):
     # largest + half an ulp is the rounding midpoint to the next power of two: ties go to inf
     # (IEEE round-to-nearest-even); anything below it rounds to the largest finite value.
@@ -506,12 +524,21 @@ def test_float32_mean_is_finite_when_one_element_overflows_float32(reduction):
 @log_target_param
 def test_subnormal_and_extreme_targets(dtype, log_target):
     info = np.finfo(dtype)
-    y = np.array([info.smallest_subnormal, 3 * info.smallest_subnormal, info.smallest_normal,
-                  0.75 * info.smallest_normal, info.max, info.max / 3, info.tiny], dtype)
+    y = np.array(
+        [
+            info.smallest_subnormal,
+            3 * info.smallest_subnormal,
+            info.smallest_normal,
+            0.75 * info.smallest_normal,
+            info.max,
+            info.max / 3,
+            info.tiny,
+        ],
+        dtype,
+    )
     x = np.zeros_like(y)
     x[-1] = -1.0
-    check_loss(F.kl_div(x, y, reduction="none", log_target=log_target), x, y, "none",
-               log_target)
+    check_loss(F.kl_div(x, y, reduction="none", log_target=log_target), x, y, "none", log_target)
 
 
 def test_float32_sum_of_four_million_elements():
@@ -540,8 +567,7 @@ def two_thread_counts():
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: ITEMSIZE_ID[d])
 @pytest.mark.parametrize("layout", ["C", "strided"])
-def test_reductions_bitwise_identical_across_thread_counts(two_thread_counts, reduction, dtype,
-                                                           layout):
+def test_reductions_bitwise_identical_across_thread_counts(two_thread_counts, reduction, dtype, layout):
     shape = (300, 1000)  # above the serial threshold: the parallel path splits the work
     x, y = make_pair(shape, dtype, False, seed_of("threads", dtype))
     xl, yl = relayout(x, layout), relayout(y, layout)
@@ -559,8 +585,7 @@ def test_reductions_bitwise_identical_across_thread_counts(two_thread_counts, re
 
 
 @log_target_param
-def test_none_and_gradients_bitwise_identical_across_thread_counts(two_thread_counts,
-                                                                   log_target):
+def test_none_and_gradients_bitwise_identical_across_thread_counts(two_thread_counts, log_target):
     shape = (200, 300)
     x, y = make_pair(shape, np.float64, log_target, seed_of("threads-none", log_target))
     upstream = make_upstream(shape, np.float64, 11)
@@ -571,7 +596,7 @@ def test_none_and_gradients_bitwise_identical_across_thread_counts(two_thread_co
         out = F.kl_div(xt, yt, reduction="none", log_target=log_target)
         out.backward(flow.tensor(upstream))
         results.append((out.numpy(), xt.grad.numpy(), yt.grad.numpy()))
-    for first, second in zip(*results):
+    for first, second in zip(*results, strict=False):
         assert same_bits(first, second)
 
 
@@ -671,8 +696,12 @@ def test_grad_fn_names():
     x = flow.tensor(np.ones((2, 3)), requires_grad=True)
     y = flow.tensor(np.full((2, 3), 0.5))
     names = {r: F.kl_div(x, y, reduction=r).grad_fn.name() for r in REDUCTIONS}
-    assert names == {"none": "kl_div_loss_backward", "sum": "reduce_sum_backward",
-                     "mean": "scalar_mul_backward", "batchmean": "scalar_mul_backward"}
+    assert names == {
+        "none": "kl_div_loss_backward",
+        "sum": "reduce_sum_backward",
+        "mean": "scalar_mul_backward",
+        "batchmean": "scalar_mul_backward",
+    }
 
 
 def test_grad_fn_recorded_when_only_target_requires_grad():
@@ -733,8 +762,7 @@ def test_second_backward_without_retain_graph_fails():
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: ITEMSIZE_ID[d])
 @log_target_param
-def test_reduced_loss_upstream_power_of_two_scales_gradients_exactly(reduction, dtype,
-                                                                     log_target):
+def test_reduced_loss_upstream_power_of_two_scales_gradients_exactly(reduction, dtype, log_target):
     x, y = make_pair((3, 5), dtype, log_target, seed_of("pow2", dtype, log_target))
     gx1, gy1 = grads_of(x, y, reduction, log_target)
     gx4, gy4 = grads_of(x, y, reduction, log_target, upstream=np.array(4.0, dtype))
@@ -803,8 +831,7 @@ class ArrayHolder:
 def test_lists_default_to_float32():
     out = F.kl_div(DOC_INPUT, DOC_TARGET, reduction="none", log_target=False)
     assert out.dtype == flow.float32
-    expected = F.kl_div(np.array(DOC_INPUT, np.float32), np.array(DOC_TARGET, np.float32),
-                        reduction="none")
+    expected = F.kl_div(np.array(DOC_INPUT, np.float32), np.array(DOC_TARGET, np.float32), reduction="none")
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
 
 
@@ -864,8 +891,7 @@ def test_shape_mismatch_does_not_broadcast():
 
 def test_module_shape_mismatch():
     with pytest.raises(ValueError, match=SHAPE_PATTERN):
-        flow.nn.KLDivLoss(reduction="sum")(flow.tensor(np.zeros((2, 3))),
-                                           flow.tensor(np.zeros((3, 2))))
+        flow.nn.KLDivLoss(reduction="sum")(flow.tensor(np.zeros((2, 3))), flow.tensor(np.zeros((3, 2))))
 
 
 def test_zero_dim_against_one_element_is_a_shape_mismatch():
@@ -884,9 +910,11 @@ def test_list_against_float64_array_is_a_dtype_mismatch():
         F.kl_div([0.0, 0.0], np.zeros(2, np.float64))
 
 
-@pytest.mark.parametrize("bad", [np.arange(3), np.ones(3, bool), np.ones(3, np.complex128),
-                                 np.arange(3, dtype=np.int32)],
-                         ids=["int64", "bool", "complex128", "int32"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.arange(3), np.ones(3, bool), np.ones(3, np.complex128), np.arange(3, dtype=np.int32)],
+    ids=["int64", "bool", "complex128", "int32"],
+)
 def test_non_floating_input_names_its_dtype(bad):
     with pytest.raises(TypeError, match=bad.dtype.name):
         F.kl_div(bad, np.zeros(3))
@@ -934,8 +962,7 @@ def test_batchmean_on_zero_dim_is_refused(dtype):
     with pytest.raises(ValueError, match="0-dim|batch"):
         F.kl_div(np.array(0.5, dtype), np.array(0.5, dtype), reduction="batchmean")
     with pytest.raises(ValueError, match="0-dim|batch"):
-        flow.nn.KLDivLoss(reduction="batchmean")(flow.tensor(np.array(0.5)),
-                                                 flow.tensor(np.array(0.5)))
+        flow.nn.KLDivLoss(reduction="batchmean")(flow.tensor(np.array(0.5)), flow.tensor(np.array(0.5)))
 
 
 def test_zero_dim_mean_and_sum_are_the_element():
@@ -943,8 +970,7 @@ def test_zero_dim_mean_and_sum_are_the_element():
     element = kl_elements(x, y, False)
     for reduction in ("sum", "mean"):
         out = F.kl_div(x, y, reduction=reduction)
-        assert_close(out.numpy(), element, np.float64,
-                     bound=element_error_bound(x, y, False))
+        assert_close(out.numpy(), element, np.float64, bound=element_error_bound(x, y, False))
 
 
 # ---------------------------------------------------------------------------- properties
@@ -958,8 +984,9 @@ def loss_cases(draw):
     if log_target:
         y_elements = st.floats(-20, 3, width=width)
     else:  # zeros, negatives and tiny positives all appear
-        y_elements = st.one_of(st.just(0.0), st.floats(-3, 8, width=width),
-                               st.floats(0, 2.0**-10, width=width))
+        y_elements = st.one_of(
+            st.just(0.0), st.floats(-3, 8, width=width), st.floats(0, 2.0**-10, width=width)
+        )
     y = draw(hnp.arrays(dtype, shape, elements=y_elements))
     return x, y, log_target
 
@@ -985,8 +1012,7 @@ def test_property_gradients_match_reference(case, reduction, data):
         reduction = "sum"
     width = x.dtype.itemsize * 8
     if reduction == "none":
-        upstream = data.draw(hnp.arrays(x.dtype, x.shape,
-                                        elements=st.floats(-4, 4, width=width)))
+        upstream = data.draw(hnp.arrays(x.dtype, x.shape, elements=st.floats(-4, 4, width=width)))
     else:
         upstream = np.asarray(data.draw(st.floats(-4, 4, width=width)), x.dtype)
     gx, gy = grads_of(x, y, reduction, log_target, upstream=upstream)

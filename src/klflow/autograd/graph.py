@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from klflow.tensor import Tensor
@@ -72,9 +73,7 @@ class Node:
 
     @property
     def next_functions(self) -> tuple[tuple[Node | None, int], ...]:
-        return tuple(
-            ((t.grad_fn if t is not None else None), 0) for t in self.inputs
-        )
+        return tuple(((t.grad_fn if t is not None else None), 0) for t in self.inputs)
 
     def needs_input_grad(self, index: int) -> bool:
         tensor = self.inputs[index]
@@ -130,7 +129,7 @@ def run_backward(root: Tensor, grad: Tensor, retain_graph: bool) -> None:
             input_grads = node.backward(grad_output)
         if not retain_graph:
             node.release()
-        for tensor, input_grad in zip(node.inputs, input_grads):
+        for tensor, input_grad in zip(node.inputs, input_grads, strict=True):
             if tensor is None or input_grad is None or not tensor.requires_grad:
                 continue
             if tensor.grad_fn is None:

@@ -50,7 +50,12 @@ def _require(table: dict, key: str, kind: type | tuple[type, ...], where: str) -
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "an integer", float: "a number", bool: "true or false", list: "a list", str: "a string"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {int: "an integer", float: "a number", bool: "true or false", list: "a list", str: "a string"}.get(
+            k, k.__name__
+        )
+        for k in kinds
+    )
 
 
 def _unknown_keys(table: dict, allowed: set[str], where: str) -> None:
@@ -96,7 +101,9 @@ def parse(document: dict[str, Any]) -> CheckConfig:
     run = document.get("run", {})
     if not isinstance(run, dict):
         raise ConfigError(f"[run] must be a table, got {run!r}")
-    _unknown_keys(run, {"dtypes", "reductions", "log_target", "sbps", "mixed_sbp", "backward", "bitwise"}, "run")
+    _unknown_keys(
+        run, {"dtypes", "reductions", "log_target", "sbps", "mixed_sbp", "backward", "bitwise"}, "run"
+    )
     if "dtypes" in run:
         kwargs["dtypes"] = _string_list(run, "dtypes", _DTYPES, "run")
     if "reductions" in run:
@@ -111,9 +118,7 @@ def parse(document: dict[str, Any]) -> CheckConfig:
         for value in sbps:
             match = _SBP.match(value)
             if match is None:
-                raise ConfigError(
-                    f"run.sbps has {value!r}; use 'broadcast', 'partial_sum' or 'split(<dim>)'"
-                )
+                raise ConfigError(f"run.sbps has {value!r}; use 'broadcast', 'partial_sum' or 'split(<dim>)'")
             if match.group(2) is not None and int(match.group(2)) >= len(kwargs["shape"]):
                 raise ConfigError(
                     f"run.sbps has {value!r}, but data.shape {list(kwargs['shape'])} has only "

@@ -120,8 +120,9 @@ def _ones_gradient(out: flow.Tensor) -> flow.Tensor:
     return flow.from_numpy(ones).to_global(out.placement, out.sbp)
 
 
-def run_case(cfg: CheckConfig, dtype_name: str, input_sbp: str, target_sbp: str,
-             reduction: str, log_target: bool) -> CaseResult:
+def run_case(
+    cfg: CheckConfig, dtype_name: str, input_sbp: str, target_sbp: str, reduction: str, log_target: bool
+) -> CaseResult:
     dtype = np.dtype(dtype_name)
     x_full, y_full = make_data(cfg, dtype, log_target)
     ref_value, ref_grad = reference(x_full, y_full, reduction, log_target)
@@ -143,8 +144,9 @@ def run_case(cfg: CheckConfig, dtype_name: str, input_sbp: str, target_sbp: str,
     if cfg.bitwise:
         passed = passed and same_bits
     value = float(got) if reduction != "none" else None
-    return CaseResult(dtype_name, input_sbp, target_sbp, reduction, log_target, value, error,
-                      grad_error, same_bits, passed)
+    return CaseResult(
+        dtype_name, input_sbp, target_sbp, reduction, log_target, value, error, grad_error, same_bits, passed
+    )
 
 
 def cases(cfg: CheckConfig) -> list[tuple[str, str, str, str, bool]]:
@@ -183,7 +185,11 @@ def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stder
     """Run every case; return 0 if all pass, 1 otherwise (the same on every rank)."""
     rank, size = flow.env.get_rank(), flow.env.get_world_size()
     todo = cases(cfg)
-    say = (lambda text, stream=out: print(text, file=stream, flush=True)) if rank == 0 else (lambda *a, **k: None)
+    say = (
+        (lambda text, stream=out: print(text, file=stream, flush=True))
+        if rank == 0
+        else (lambda *a, **k: None)
+    )
     say(
         f"klflow check: {size} rank(s), shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases, "
         f"tolerances {cfg.tolerances}, bitwise={cfg.bitwise}"
@@ -200,7 +206,10 @@ def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stder
             say(f"  ... {number}/{len(todo)} cases, {now - started:.1f} s", progress)
             last_progress = now
     failed = [r for r in results if not r.passed]
-    say(f"{len(results) - len(failed)}/{len(results)} cases passed in {time.monotonic() - started:.1f} s on {size} rank(s)")
+    say(
+        f"{len(results) - len(failed)}/{len(results)} cases passed in "
+        f"{time.monotonic() - started:.1f} s on {size} rank(s)"
+    )
     if failed:
         say(f"FAILED: {len(failed)} case(s) outside tolerance or not bitwise identical:")
         for r in failed:

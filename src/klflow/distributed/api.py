@@ -16,7 +16,8 @@ import numpy as np
 
 from klflow import dtypes
 from klflow.autograd import graph
-from klflow.device import CPU, device as Device
+from klflow.device import CPU
+from klflow.device import device as Device
 from klflow.distributed import boxing, comm
 from klflow.distributed import sbp as sbp_module
 from klflow.distributed.layout import GlobalSpec, split_layout_problem
@@ -75,8 +76,7 @@ def _check_placement(placement: Any) -> Placement:
     outside = [r for r in placement.ranks if r >= size]
     if outside:
         raise ValueError(
-            f"{placement!r} names ranks {outside} but the job has only {size} rank(s) "
-            f"(0..{size - 1})"
+            f"{placement!r} names ranks {outside} but the job has only {size} rank(s) (0..{size - 1})"
         )
     return placement
 
@@ -88,7 +88,10 @@ def _local_problem(t: Tensor, placement: Placement, sbp: sbp_module.SbpParallel)
             f"move it first with .{'cuda' if placement.type == 'cuda' else 'cpu'}()"
         )
     if sbp.is_split and sbp.dim >= t.ndim:
-        return f"split(dim={sbp.dim}) needs a tensor with more than {sbp.dim} dimensions, got shape {list(t.shape)}"
+        return (
+            f"split(dim={sbp.dim}) needs a tensor with more than {sbp.dim} dimensions, "
+            f"got shape {list(t.shape)}"
+        )
     return None
 
 
@@ -102,16 +105,22 @@ def _agreement_problem(rows: list[tuple], placement: Placement, sbp: sbp_module.
     members = [(r, rows[r]) for r in placement.ranks]
     dtype_names = {row[1] for _, row in members}
     if len(dtype_names) > 1:
-        return "the components have different dtypes: " + ", ".join(f"rank {r}: {row[1]}" for r, row in members)
+        return "the components have different dtypes: " + ", ".join(
+            f"rank {r}: {row[1]}" for r, row in members
+        )
     shapes = [row[0] for _, row in members]
     if sbp.is_split:
         problem = split_layout_problem(shapes, sbp.dim)
-        return None if problem is None else f"cannot assemble split(dim={sbp.dim}) from components of shapes " \
-            + ", ".join(f"rank {r}: {list(row[0])}" for r, row in members) + f": {problem}"
-    if len({tuple(s) for s in shapes}) > 1:
         return (
-            f"{sbp!r} needs the same shape on every rank, got "
+            None
+            if problem is None
+            else f"cannot assemble split(dim={sbp.dim}) from components of shapes "
             + ", ".join(f"rank {r}: {list(row[0])}" for r, row in members)
+            + f": {problem}"
+        )
+    if len({tuple(s) for s in shapes}) > 1:
+        return f"{sbp!r} needs the same shape on every rank, got " + ", ".join(
+            f"rank {r}: {list(row[0])}" for r, row in members
         )
     return None
 
@@ -215,7 +224,9 @@ def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
     if kind.is_broadcast and len(placement) > 1:
         # The value is the first rank's data: every component becomes a copy of it.
         root = placement.ranks[0]
-        data = comm.broadcast_from(_host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy)
+        data = comm.broadcast_from(
+            _host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy
+        )
         out = make_global(data if index is not None else np.empty((0,), dtype=dtype.numpy), spec)
     elif index is None:
         out = make_global(np.empty((0,), dtype=dtype.numpy), spec)
@@ -234,7 +245,10 @@ def _global_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
     signature = t.sbp if sbp is None else sbp_module.as_signature(sbp)
     kind = signature[0]
     if kind.is_split and kind.dim >= t.ndim:
-        problem = f"split(dim={kind.dim}) needs more than {kind.dim} dimensions, the tensor has shape {list(t.shape)}"
+        problem = (
+            f"split(dim={kind.dim}) needs more than {kind.dim} dimensions, "
+            f"the tensor has shape {list(t.shape)}"
+        )
     else:
         problem = None
     if placement.type != t.placement.type:

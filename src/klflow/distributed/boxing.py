@@ -25,7 +25,8 @@ array([3., 4.])
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _front(a: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _moved_shape(shape: tuple[int, ...], dim: int) -> tuple[int, ...]:
-    return (shape[dim], *shape[:dim], *shape[dim + 1:])
+    return (shape[dim], *shape[:dim], *shape[dim + 1 :])
 
 
 def gather_logical(local: np.ndarray, spec: GlobalSpec, index: int | None, dtype: np.dtype) -> np.ndarray:
@@ -62,7 +63,7 @@ def gather_logical(local: np.ndarray, spec: GlobalSpec, index: int | None, dtype
     pieces: list[np.ndarray | None] = [None] * len(spec.placement)
     for world_rank, i in enumerate(order):
         if i is not None:
-            block = flat[starts[world_rank]:starts[world_rank + 1]]
+            block = flat[starts[world_rank] : starts[world_rank + 1]]
             pieces[i] = block.reshape(_moved_shape(spec.component_shape(i), dim))
     moved = np.concatenate(pieces, axis=0) if pieces else _empty(dtype)
     return np.moveaxis(moved, 0, dim).copy()
@@ -73,7 +74,9 @@ def split_to_broadcast(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, inde
     return full if index is not None else _empty(local.dtype)
 
 
-def partial_to_broadcast(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index: int | None) -> np.ndarray:
+def partial_to_broadcast(
+    local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index: int | None
+) -> np.ndarray:
     contribution = local if index is not None else np.zeros(src.shape, dtype=local.dtype)
     total = comm.allreduce_sum(contribution)
     return total if index is not None else _empty(local.dtype)
@@ -94,7 +97,7 @@ def partial_to_split(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index:
     moved = _front(contribution, dim)
     offsets = balanced_offsets(dst.shape[dim], len(dst.placement))
     # The send buffer holds each world rank's block in world-rank order.
-    blocks = [moved[offsets[i]:offsets[i + 1]] for i in order if i is not None]
+    blocks = [moved[offsets[i] : offsets[i + 1]] for i in order if i is not None]
     send = np.concatenate([b.reshape(-1) for b in blocks]) if blocks else _empty(local.dtype)
     mine = comm.reduce_scatterv(send, counts)
     if index is None:
@@ -132,11 +135,13 @@ def split_to_split(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index: i
     pieces: list[np.ndarray | None] = [None] * parts
     for world_rank, p in enumerate(order):
         if p is not None:
-            pieces[p] = flat[starts[world_rank]:starts[world_rank + 1]].reshape(recv_shapes[world_rank])
+            pieces[p] = flat[starts[world_rank] : starts[world_rank + 1]].reshape(recv_shapes[world_rank])
     return np.concatenate(pieces, axis=i_dim)
 
 
-def broadcast_to_partial(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index: int | None) -> np.ndarray:
+def broadcast_to_partial(
+    local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, index: int | None
+) -> np.ndarray:
     if index is None:
         return _empty(local.dtype)
     return local.copy() if index == 0 else np.zeros_like(local)
@@ -187,7 +192,9 @@ def component_of(full: np.ndarray, spec: GlobalSpec, index: int | None) -> np.nd
         return _empty(full.dtype)
     kind = spec.sbp[0].kind
     if kind == "split":
-        return np.ascontiguousarray(full[component_slices(spec.shape, spec.split_dim, len(spec.placement), index)])
+        return np.ascontiguousarray(
+            full[component_slices(spec.shape, spec.split_dim, len(spec.placement), index)]
+        )
     if kind == "partial_sum" and index != 0:
         return np.zeros_like(full)
     return full.copy()

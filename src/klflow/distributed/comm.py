@@ -16,7 +16,8 @@ True
 from __future__ import annotations
 
 import collections
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,9 +97,7 @@ def broadcast_from(values: np.ndarray | None, root: int, shape: Sequence[int], d
     """``root``'s array on every rank (others pass None or anything; ``shape``/``dtype`` known)."""
     _count("broadcast")
     buffer = (
-        np.ascontiguousarray(values, dtype=dtype)
-        if rank() == root
-        else np.empty(tuple(shape), dtype=dtype)
+        np.ascontiguousarray(values, dtype=dtype) if rank() == root else np.empty(tuple(shape), dtype=dtype)
     )
     _comm().Bcast(buffer.view(np.uint8).reshape(-1), root=root)
     return buffer

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 
 def balanced_sizes(length: int, parts: int) -> list[int]:
@@ -56,9 +57,7 @@ def logical_shape_from_components(
     return tuple(shape)
 
 
-def split_layout_problem(
-    component_shapes: Sequence[Sequence[int]], split_dim: int
-) -> str | None:
+def split_layout_problem(component_shapes: Sequence[Sequence[int]], split_dim: int) -> str | None:
     """Why these components cannot form a balanced split along ``split_dim`` (None if they can)."""
     ndims = {len(s) for s in component_shapes}
     if len(ndims) != 1:
@@ -69,12 +68,9 @@ def split_layout_problem(
             f"split(dim={split_dim}) needs at least {split_dim + 1} dimensions, but the components "
             f"have {ndim}"
         )
-    others = {tuple(s[:split_dim]) + tuple(s[split_dim + 1:]) for s in component_shapes}
+    others = {tuple(s[:split_dim]) + tuple(s[split_dim + 1 :]) for s in component_shapes}
     if len(others) != 1:
-        return (
-            f"the components differ off the split axis {split_dim}: "
-            f"{[list(s) for s in component_shapes]}"
-        )
+        return f"the components differ off the split axis {split_dim}: {[list(s) for s in component_shapes]}"
     sizes = [s[split_dim] for s in component_shapes]
     expected = balanced_sizes(sum(sizes), len(sizes))
     if sizes != expected:

@@ -27,8 +27,8 @@ from klflow.distributed import comm
 from klflow.distributed import sbp as sbp_module
 from klflow.distributed.api import box, gradient_spec, make_global, spmd_checks_enabled
 from klflow.distributed.layout import GlobalSpec
-from klflow.kernels import exact_sum
 from klflow.kernels import cpu as cpu_kernels
+from klflow.kernels import exact_sum
 from klflow.ops.kl_div import backend_for, kl_div_local
 from klflow.ops.reduction import reduction_divisor
 from klflow.tensor import Tensor
@@ -52,8 +52,9 @@ class ExactPartial:
 class GlobalLossNode(graph.Node):
     """Runs the local loss gradient on this rank's components and rewraps it as global tensors."""
 
-    def __init__(self, input: Tensor, target: Tensor, local_node: graph.Node | None,
-                 out_spec: GlobalSpec, op_name: str) -> None:
+    def __init__(
+        self, input: Tensor, target: Tensor, local_node: graph.Node | None, out_spec: GlobalSpec, op_name: str
+    ) -> None:
         super().__init__([input, target])
         self.op_name = op_name
         self.local_node = local_node
@@ -65,7 +66,8 @@ class GlobalLossNode(graph.Node):
         if self.local_node is None:  # this rank holds no component
             return tuple(
                 make_global(np.empty((0,), dtype=grad.dtype.numpy), spec)
-                if self.needs_input_grad(i) else None
+                if self.needs_input_grad(i)
+                else None
                 for i, spec in enumerate(self.input_specs)
             )
         local_grad = Tensor(grad._data, device=grad.device)
@@ -73,7 +75,7 @@ class GlobalLossNode(graph.Node):
         local_grads = self.local_node.backward(local_grad)
         return tuple(
             None if g is None else Tensor(g._data, device=g.device, global_info=spec)
-            for g, spec in zip(local_grads, self.input_specs)
+            for g, spec in zip(local_grads, self.input_specs, strict=True)
         )
 
     def release(self) -> None:
@@ -90,8 +92,10 @@ def _check_same_call(input: Tensor, target: Tensor, reduction: str, log_target: 
     if len(set(rows)) > 1:
         raise ValueError(
             "kl_div on global tensors was called differently on different ranks: "
-            + "; ".join(f"rank {r}: reduction={row[0]!r}, log_target={row[1]}, input {row[2]}, "
-                        f"target {row[3]}" for r, row in enumerate(rows))
+            + "; ".join(
+                f"rank {r}: reduction={row[0]!r}, log_target={row[1]}, input {row[2]}, target {row[3]}"
+                for r, row in enumerate(rows)
+            )
         )
 
 
@@ -123,8 +127,9 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
         )
         local_node = result.grad_fn
         if reduction != "none" and scalar_sbp.is_partial_sum:
-            exact = ExactPartial(backend_for(input).exact_state(state),
-                                 reduction_divisor(reduction, spec.shape), input.dtype)
+            exact = ExactPartial(
+                backend_for(input).exact_state(state), reduction_divisor(reduction, spec.shape), input.dtype
+            )
         out = Tensor(result._data, device=result.device, global_info=out_spec)
         out._exact = exact
     if record:

@@ -7,7 +7,8 @@ klflow.placement(type="cpu", ranks=[0, 1])
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _TYPES = ("cpu", "cuda")
 
@@ -25,9 +26,7 @@ class placement:
         except TypeError:
             raise TypeError(f"placement ranks must be a list of ints, got {ranks!r}") from None
         if any(isinstance(r, (list, tuple)) for r in rank_list):
-            raise ValueError(
-                f"klflow supports one-dimensional placements only; got nested ranks {ranks!r}"
-            )
+            raise ValueError(f"klflow supports one-dimensional placements only; got nested ranks {ranks!r}")
         if not rank_list:
             raise ValueError("a placement needs at least one rank")
         for r in rank_list:

@@ -10,8 +10,9 @@ every component is the whole value; ``partial_sum``: the value is the sum of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,6 @@ def as_signature(sbp: Any) -> tuple[SbpParallel, ...]:
     items: Sequence[Any] = (sbp,) if isinstance(sbp, SbpParallel) else tuple(sbp)
     if len(items) != 1 or not isinstance(items[0], SbpParallel):
         raise ValueError(
-            f"sbp must be one klflow.sbp value (or a 1-tuple of one) for a 1-D placement; "
-            f"got {sbp!r}"
+            f"sbp must be one klflow.sbp value (or a 1-tuple of one) for a 1-D placement; got {sbp!r}"
         )
     return (items[0],)

@@ -19,7 +19,7 @@ array([ 1.3514,  0.    , -0.0836], dtype=float32)
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -254,9 +254,7 @@ def reduce_sum(
     if x.size == 0:
         return exact_sum.new_state(), grad if with_grad else None
     if _same_memory_order(x, y, grad) if with_grad else _same_memory_order(x, y):
-        state = _sum_flat(
-            _kernel_view(x), _kernel_view(y), log_target, coef, _kernel_view(grad), with_grad
-        )
+        state = _sum_flat(_kernel_view(x), _kernel_view(y), log_target, coef, _kernel_view(grad), with_grad)
         return state, grad if with_grad else None
     state = exact_sum.new_state()
     scratch = np.empty(0, dtype=_kernel_view(grad).dtype)
@@ -283,8 +281,9 @@ def pointwise(x: np.ndarray, y: np.ndarray, log_target: bool) -> np.ndarray:
     return out
 
 
-def _grad_launch(kernel, inputs: list[np.ndarray], upstream: float | np.ndarray, coef: float,
-                 log_target: bool) -> np.ndarray:
+def _grad_launch(
+    kernel, inputs: list[np.ndarray], upstream: float | np.ndarray, coef: float, log_target: bool
+) -> np.ndarray:
     """Run a gradient kernel over ``inputs`` (x and/or y), shaped like the last of them.
 
     ``upstream`` is one number (the gradient of a reduced loss) or an array shaped like the
@@ -329,7 +328,6 @@ def scale(values: np.ndarray, factor: float) -> np.ndarray:
     """values × factor in float64, rounded once to the array's dtype (a new array)."""
     out = values.astype(np.float64) * factor
     return out.astype(values.dtype)
-
 
 
 def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:

@@ -39,9 +39,7 @@ def set_block_size(size: int | None) -> None:
     """Force a block size (a power of two ≤ 1024), or ``None`` for the device's default."""
     global _block_override
     if size is not None and (size < 1 or size > MAX_BLOCK or size & (size - 1)):
-        raise ValueError(
-            f"a CUDA block size must be a power of two in [1, {MAX_BLOCK}], got {size}"
-        )
+        raise ValueError(f"a CUDA block size must be a power of two in [1, {MAX_BLOCK}], got {size}")
     _block_override = size
 
 
@@ -52,7 +50,7 @@ def _cuda() -> Any:
     return klflow_cuda._cuda()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_limits(device_id: int) -> tuple[int, int, int]:
     """(multiprocessors, threads per multiprocessor, threads per block) of a device, asked once."""
     # The simulator has no device object; its defaults (one multiprocessor) still exercise tails.
@@ -222,9 +220,12 @@ if load4 is not None:
             acc += term(x3, y3, log_target)
             if with_grad:
                 store4(
-                    grad, j,
-                    coef * d_input(y0, log_target), coef * d_input(y1, log_target),
-                    coef * d_input(y2, log_target), coef * d_input(y3, log_target),
+                    grad,
+                    j,
+                    coef * d_input(y0, log_target),
+                    coef * d_input(y1, log_target),
+                    coef * d_input(y2, log_target),
+                    coef * d_input(y3, log_target),
                 )
             q += stride
         tail = 4 * quads + thread
@@ -247,9 +248,12 @@ if load4 is not None:
             x0, x1, x2, x3 = load4(x, j)
             y0, y1, y2, y3 = load4(y, j)
             store4(
-                out, j,
-                term(x0, y0, log_target), term(x1, y1, log_target),
-                term(x2, y2, log_target), term(x3, y3, log_target),
+                out,
+                j,
+                term(x0, y0, log_target),
+                term(x1, y1, log_target),
+                term(x2, y2, log_target),
+                term(x3, y3, log_target),
             )
             q += stride
         tail = 4 * quads + thread
@@ -331,7 +335,7 @@ def _flat(array: Any) -> Any:
 
 def _is_c_contiguous(array: Any) -> bool:
     expected = array.dtype.itemsize
-    for extent, stride in zip(reversed(array.shape), reversed(array.strides)):
+    for extent, stride in zip(reversed(array.shape), reversed(array.strides), strict=True):
         if extent > 1 and stride != expected:
             return False
         expected *= extent
@@ -417,7 +421,9 @@ def _vectorisable(*arrays: Any) -> bool:
     )
 
 
-def reduce(x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None) -> tuple[Any, Any, Any]:
+def reduce(
+    x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
+) -> tuple[Any, Any, Any]:
     """One launch: (the sum ÷ divisor as a 0-d array of x's dtype, the float64 total,
     d loss/d x × grad_coef or None). All of it stays on the device; nothing synchronises."""
     _cuda()
@@ -434,8 +440,17 @@ def reduce(x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | No
     vector = _vectorisable(xf, yf, *([gf] if with_grad else []))
     kernel = sum_kernel_f32x4 if vector else sum_kernel
     kernel[blocks, threads](
-        xf, yf, log_target, float(grad_coef or 0.0), gf, with_grad,
-        partials, counter, float(divisor), _flat(out), total,
+        xf,
+        yf,
+        log_target,
+        float(grad_coef or 0.0),
+        gf,
+        with_grad,
+        partials,
+        counter,
+        float(divisor),
+        _flat(out),
+        total,
     )
     return out, DeviceTotal(total), (grad if with_grad else None)
 

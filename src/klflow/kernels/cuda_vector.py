@@ -20,13 +20,9 @@ from numba.cuda.extending import intrinsic  # numba-cuda only: ImportError elsew
 
 
 def _element_pointer(context, builder, array_type, array, index_type, index):
-    index_type, indices = normalize_indices(
-        context, builder, index_type, index, array_type, array_type.dtype
-    )
+    index_type, indices = normalize_indices(context, builder, index_type, index, array_type, array_type.dtype)
     array_struct = context.make_array(array_type)(context, builder, value=array)
-    return cgutils.get_item_pointer(
-        context, builder, array_type, array_struct, indices, wraparound=False
-    )
+    return cgutils.get_item_pointer(context, builder, array_type, array_struct, indices, wraparound=False)
 
 
 @intrinsic
@@ -61,7 +57,7 @@ def store4(typingctx, array, index, a, b, c, d):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
         values = [
             context.cast(builder, value, value_type, types.float32)
-            for value, value_type in zip(args[2:], signature.args[2:])
+            for value, value_type in zip(args[2:], signature.args[2:], strict=True)
         ]
         asm = ir.InlineAsm(
             ir.FunctionType(ir.VoidType(), [pointer.type] + [ir.FloatType()] * 4),

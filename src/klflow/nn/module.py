@@ -110,8 +110,8 @@ def _type_name(value: Any) -> str:
 # The tensors already converted by the ``_apply`` in progress, by ``id`` of the original: a
 # parameter or buffer shared by several modules is converted once, and every module ends up
 # holding the same converted object. Kept outside the modules so no attribute appears on them.
-_applied_tensors: contextvars.ContextVar[dict[int, tuple[Tensor, Tensor]] | None] = (
-    contextvars.ContextVar("klflow_nn_applied_tensors", default=None)
+_applied_tensors: contextvars.ContextVar[dict[int, tuple[Tensor, Tensor]] | None] = contextvars.ContextVar(
+    "klflow_nn_applied_tensors", default=None
 )
 
 
@@ -231,7 +231,7 @@ class Module:
         if not isinstance(name, str):
             raise TypeError(f"{kind} name should be a string. Got {_type_name(name)}")
         if "." in name:
-            raise KeyError(f"{kind} name can't contain \".\", got: {name}")
+            raise KeyError(f'{kind} name can\'t contain ".", got: {name}')
         if name == "":
             raise KeyError(f'{kind} name can\'t be empty string ""')
         if hasattr(self, name) and name not in registry:
@@ -325,9 +325,7 @@ class Module:
         if isinstance(value, Parameter):
             if params is None:
                 raise AttributeError("cannot assign parameters before Module.__init__() call")
-            remove_from(
-                self.__dict__, self._buffers, self._modules, self._non_persistent_buffers_set
-            )
+            remove_from(self.__dict__, self._buffers, self._modules, self._non_persistent_buffers_set)
             self.register_parameter(name, value)
             return
         if params is not None and name in params:
@@ -342,9 +340,7 @@ class Module:
         if isinstance(value, Module):
             if modules is None:
                 raise AttributeError("cannot assign module before Module.__init__() call")
-            remove_from(
-                self.__dict__, self._parameters, self._buffers, self._non_persistent_buffers_set
-            )
+            remove_from(self.__dict__, self._parameters, self._buffers, self._non_persistent_buffers_set)
             modules[name] = value
             return
         if modules is not None and name in modules:
@@ -359,8 +355,7 @@ class Module:
         if buffers is not None and name in buffers:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(
-                    f"cannot assign '{_type_name(value)}' as buffer '{name}' "
-                    f"(klflow.Tensor or None expected)"
+                    f"cannot assign '{_type_name(value)}' as buffer '{name}' (klflow.Tensor or None expected)"
                 )
             buffers[name] = value
             return
@@ -378,9 +373,7 @@ class Module:
             super().__delattr__(name)
 
     def __dir__(self) -> list[str]:
-        keys = itertools.chain(
-            dir(type(self)), self.__dict__, self._parameters, self._modules, self._buffers
-        )
+        keys = itertools.chain(dir(type(self)), self.__dict__, self._parameters, self._modules, self._buffers)
         # Children of containers are named "0", "1", ...: not attribute names, so left out.
         return sorted({key for key in keys if not key[:1].isdigit()})
 
@@ -456,9 +449,7 @@ class Module:
     ) -> Iterator[tuple[str, Tensor]]:
         """Yield ``(name, buffer)`` for every buffer, persistent or not (see
         :meth:`named_parameters` for the naming and deduplication)."""
-        return self._named_members(
-            lambda module: module._buffers.items(), prefix, recurse, remove_duplicate
-        )
+        return self._named_members(lambda module: module._buffers.items(), prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
         """Yield the buffers of this module (and, if ``recurse``, of all submodules)."""
@@ -676,14 +667,10 @@ class Module:
 
     def to_consistent(self, *args: Any, **kwargs: Any) -> Self:
         """Removed from OneFlow (global tensors were once called consistent): always raises."""
-        raise RuntimeError(
-            "Module.to_consistent() is no longer available; use Module.to_global() instead"
-        )
+        raise RuntimeError("Module.to_consistent() is no longer available; use Module.to_global() instead")
 
     # ------------------------------------------------------------------------ state dict
-    def _save_to_state_dict(
-        self, destination: dict[str, Tensor], prefix: str, keep_vars: bool
-    ) -> None:
+    def _save_to_state_dict(self, destination: dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
         """Put this module's own parameters and persistent buffers (not its children's) into
         ``destination`` under ``prefix + name``, detached unless ``keep_vars``."""
         for name, param in self._parameters.items():
@@ -762,14 +749,12 @@ class Module:
             for key in state_dict:
                 if not key.startswith(prefix):
                     continue
-                head, dot, _ = key[len(prefix):].partition(".")
+                head, dot, _ = key[len(prefix) :].partition(".")
                 # "child.x" belongs to a child module, "name" to this module's own state.
                 if (dot and head not in self._modules) or (not dot and head not in local_state):
                     unexpected_keys.append(key)
 
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True
-    ) -> _IncompatibleKeys:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> _IncompatibleKeys:
         """Copy parameters and persistent buffers from ``state_dict`` into this module and its
         descendants, in place (values are cast to each tensor's dtype; shapes must match).
 
@@ -797,7 +782,12 @@ class Module:
             # Keys are always checked (strict=True here) so the result reports them even when
             # the caller's strict=False only silences the error.
             module._load_from_state_dict(
-                state_dict, prefix, local_metadata, True, missing_keys, unexpected_keys,
+                state_dict,
+                prefix,
+                local_metadata,
+                True,
+                missing_keys,
+                unexpected_keys,
                 error_msgs,
             )
             for name, child in module._modules.items():
@@ -814,8 +804,7 @@ class Module:
                 error_msgs.insert(0, f"Missing key(s) in state_dict: {listed}. ")
         if error_msgs:
             raise RuntimeError(
-                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
-                + "\n\t".join(error_msgs)
+                f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(error_msgs)
             )
         return _IncompatibleKeys(missing_keys, unexpected_keys)
 
@@ -832,9 +821,7 @@ class Module:
     def __repr__(self) -> str:
         extra = self.extra_repr()
         extra_lines = extra.split("\n") if extra else []
-        child_lines = [
-            f"({name}): " + _addindent(repr(module), 2) for name, module in self._modules.items()
-        ]
+        child_lines = [f"({name}): " + _addindent(repr(module), 2) for name, module in self._modules.items()]
         lines = extra_lines + child_lines
         text = self._get_name() + "("
         if lines:
@@ -895,9 +882,7 @@ def _apply_to_buffer(
     return converted
 
 
-def _remember(
-    applied: dict[int, tuple[Tensor, Tensor]], original: Tensor, converted: Tensor
-) -> None:
+def _remember(applied: dict[int, tuple[Tensor, Tensor]], original: Tensor, converted: Tensor) -> None:
     # The converted tensor is recorded as done too: a module reached twice (shared by two
     # parents) holds it by then, and must not convert it a second time.
     applied[id(original)] = (original, converted)
@@ -927,16 +912,13 @@ def _parse_module_to_args(
         elif isinstance(arg, (str, Device, int)) and not isinstance(arg, bool):
             target_device = arg
         else:
-            raise TypeError(
-                f"to() expects a device, a dtype or a tensor; got {_type_name(arg)} {arg!r}"
-            )
+            raise TypeError(f"to() expects a device, a dtype or a tensor; got {_type_name(arg)} {arg!r}")
     if target_dtype is not None:
         try:
             target_dtype = dtypes.resolve(target_dtype)
         except TypeError:
             raise TypeError(
-                f"nn.Module.to only accepts floating point dtypes, but got desired "
-                f"dtype={target_dtype!r}"
+                f"nn.Module.to only accepts floating point dtypes, but got desired dtype={target_dtype!r}"
             ) from None
     if isinstance(target_device, int) and not isinstance(target_device, bool):
         target_device = Device("cuda", target_device)

@@ -19,6 +19,7 @@ from klflow.autograd import graph
 from klflow.ops.reduction import grad_name, reduction_divisor
 from klflow.tensor import Tensor
 
+
 def backend_for(t: Tensor) -> Any:
     """The kernel module for a tensor's device: :mod:`klflow.kernels.cpu` or the CUDA one."""
     if t.device.type == "cpu":
@@ -38,8 +39,16 @@ class KlDivBackward(graph.Node):
     that array over when the upstream gradient is 1 and recomputes otherwise.
     """
 
-    def __init__(self, input: Tensor, target: Tensor, reduction: str, log_target: bool,
-                 coef: float, fused_input_grad: Any, op_name: str) -> None:
+    def __init__(
+        self,
+        input: Tensor,
+        target: Tensor,
+        reduction: str,
+        log_target: bool,
+        coef: float,
+        fused_input_grad: Any,
+        op_name: str,
+    ) -> None:
         super().__init__([input, target])
         self.op_name = op_name
         self.x = input._data
@@ -61,9 +70,7 @@ class KlDivBackward(graph.Node):
                 data = self.backend.input_grad_array(self.y, upstream, self.coef, self.log_target)
             grads[0] = Tensor(data, device=self.device)
         if self.needs_input_grad(1):
-            data = self.backend.target_grad_array(
-                self.x, self.y, upstream, self.coef, self.log_target
-            )
+            data = self.backend.target_grad_array(self.x, self.y, upstream, self.coef, self.log_target)
             grads[1] = Tensor(data, device=self.device)
         return tuple(grads)
 
@@ -118,7 +125,12 @@ def kl_div_local(
         out = Tensor(value, device=input.device)
     if record:
         out.grad_fn = KlDivBackward(
-            input, target, reduction, log_target, coef, fused,
+            input,
+            target,
+            reduction,
+            log_target,
+            coef,
+            fused,
             grad_name(reduction, logical_shape),
         )
         out._requires_grad = True

@@ -12,7 +12,6 @@ import numpy as np
 _OP_NAMES = {"none": "kl_div_loss", "sum": "reduce_sum", "mean": "scalar_mul", "batchmean": "scalar_mul"}
 
 
-
 def reduction_divisor(reduction: str, shape: tuple[int, ...]) -> int:
     """What the sum is divided by: 1, numel (``mean``) or shape[0] (``batchmean``).
 
