@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from mpi_worker import report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -94,7 +92,7 @@ def worker(args: argparse.Namespace) -> None:
     }
     if rank == 0:
         result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}
-        print("RESULT " + json.dumps(result), flush=True)
+        report(result)
 
 
 def main() -> int:
@@ -110,32 +108,8 @@ def main() -> int:
         worker(args)
         return 0
 
-    results = []
-    for ranks in args.ranks:
-        command = [
-            str(MPIEXEC),
-            "-n",
-            str(ranks),
-            sys.executable,
-            "-m",
-            "mpi4py",
-            __file__,
-            "--worker",
-            "--min-log2",
-            str(args.min_log2),
-            "--max-log2",
-            str(args.max_log2),
-            "--step",
-            str(args.step),
-        ]
-        done = subprocess.run(
-            command, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True
-        )
-        line = next((text for text in done.stdout.splitlines() if text.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
-            print(done.stdout, done.stderr, file=sys.stderr)
-            return 2
-        results.append(json.loads(line[len("RESULT ") :]))
+    sizes = ["--min-log2", str(args.min_log2), "--max-log2", str(args.max_log2), "--step", str(args.step)]
+    results = [run_worker(__file__, ranks, sizes) for ranks in args.ranks]
 
     print(
         "float32 sum; times in ms, the slowest rank's median; overhead = median of (global − local) over paired runs"

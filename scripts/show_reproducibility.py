@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from mpi_worker import report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
 
 def bits(value: np.ndarray) -> str:
@@ -63,7 +60,7 @@ def worker(log2n: int) -> None:
         naive = comm.allreduce_sum(np.array([np.sum(terms)]))[0]
         results[f"numpy+allreduce {np.dtype(dtype).name} sum"] = bits(np.asarray(naive, dtype=np.float64))
     if rank == 0:
-        print("RESULT " + json.dumps(results), flush=True)
+        report(results)
 
 
 def main() -> int:
@@ -79,27 +76,12 @@ def main() -> int:
 
     columns, table = [], {}
     for ranks, threads in itertools.product(args.ranks, args.threads):
-        env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))
-        command = [
-            str(MPIEXEC),
-            "-n",
-            str(ranks),
-            sys.executable,
-            "-m",
-            "mpi4py",
-            __file__,
-            "--worker",
-            "--log2n",
-            str(args.log2n),
-        ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        line = next((text for text in done.stdout.splitlines() if text.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
-            print(f"ranks={ranks} threads={threads} failed:\n{done.stdout}\n{done.stderr}", file=sys.stderr)
-            return 2
+        result = run_worker(
+            __file__, ranks, ["--log2n", str(args.log2n)], {"NUMBA_NUM_THREADS": str(threads)}
+        )
         column = f"{ranks}r×{threads}t"
         columns.append(column)
-        for key, value in json.loads(line[len("RESULT ") :]).items():
+        for key, value in result.items():
             table.setdefault(key, {})[column] = value
         print(f"  ran {column}", file=sys.stderr, flush=True)
 

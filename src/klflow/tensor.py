@@ -149,7 +149,9 @@ class Tensor:
                     f"grad can be implicitly created only for scalar outputs; this tensor has "
                     f"shape {list(self.shape)}: pass gradient= with that shape"
                 )
-            seed = _ones_like(self)
+            from klflow import conversion
+
+            seed = conversion.gradient_seed(self)
         else:
             seed = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
             seed = _match_gradient(self, seed)
@@ -475,12 +477,6 @@ def as_tensor_arg(value: Any, name: str) -> Tensor:
     except TypeError as err:
         raise TypeError(f"{name}: {err}") from None
     return Tensor(host)
-
-
-def _ones_like(t: Tensor) -> Tensor:
-    from klflow import conversion
-
-    return conversion.gradient_seed(t)
 
 
 def _match_gradient(t: Tensor, gradient: Tensor) -> Tensor:

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-import pytest
+from mpi_jobs import needs_mpiexec, run_job
 
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
 HANG_GUARD_S = 600  # a cold compile on a small machine takes a minute; only a hang reaches this
 
 JOB = textwrap.dedent("""
@@ -30,26 +24,14 @@ JOB = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec from the mpich wheel is missing")
+@needs_mpiexec
 def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=os.pathsep.join(sys.path))
-    for attempt in ("cold", "warm"):
-        process = subprocess.Popen(
-            [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            out, _ = process.communicate(timeout=HANG_GUARD_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"{attempt} start hung")
-        assert process.returncode == 0, out
+    for _attempt in ("cold", "warm"):
+        result = run_job(script, 2, HANG_GUARD_S, {"NUMBA_CACHE_DIR": str(tmp_path / "cache")})
+        out = result.stdout
+        assert result.returncode == 0, out
         # The ranks' lines may interleave in the shared output: pick out each bracketed report.
         results = re.findall(r"<<rank (\d): (\w+) (\S+)>>", out)
         assert sorted(r[0] for r in results) == ["0", "1"], out

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from mpi_jobs import needs_mpiexec, run_job
 
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
 HANG_GUARD_S = 180  # far beyond a healthy run's few seconds; only a hang reaches it
 
-pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec from the mpich wheel is missing")
+pytestmark = needs_mpiexec
 
 PRELUDE = """
 import os, sys
@@ -26,25 +21,10 @@ x = flow.from_numpy(np.ones((4, 2), np.float32)).to_global(flow.placement.all("c
 """
 
 
-def _run_job(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+def _run_job(tmp_path: Path, body: str):
     script = tmp_path / "job.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    process = subprocess.Popen(
-        [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        out, _ = process.communicate(timeout=HANG_GUARD_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail("the job hung instead of ending when one rank failed")
-    return subprocess.CompletedProcess(process.args, process.returncode, out)
+    return run_job(script, 2, HANG_GUARD_S)
 
 
 def test_an_exception_on_one_rank_ends_the_whole_job(tmp_path):

@@ -496,35 +496,24 @@ def _upstream_array(upstream: Any, dtype: np.dtype) -> Any:
     return _flat(upstream)
 
 
-def input_grad_array(y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
-    out = _empty(y.shape, y.dtype)
-    if y.size:
-        _launch(
-            _kernels()["input_grad"],
-            y.size,
-            _flat(y),
-            _upstream_array(upstream, y.dtype),
-            float(coef),
-            log_target,
-            _flat(out),
-        )
+def _grad(kernel_name: str, inputs: list[Any], upstream: Any, coef: float, log_target: bool) -> Any:
+    """Run a gradient kernel over ``inputs`` (x and/or y); the result is shaped like the last."""
+    like = inputs[-1]
+    out = _empty(like.shape, like.dtype)
+    if like.size:
+        arguments = [_flat(a) for a in inputs] + [_upstream_array(upstream, like.dtype)]
+        _launch(_kernels()[kernel_name], like.size, *arguments, float(coef), log_target, _flat(out))
     return out
+
+
+def input_grad_array(y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
+    """d loss/d x = coef × upstream × d element/d x; ``upstream`` is one value or y-shaped."""
+    return _grad("input_grad", [y], upstream, coef, log_target)
 
 
 def target_grad_array(x: Any, y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
-    out = _empty(y.shape, y.dtype)
-    if y.size:
-        _launch(
-            _kernels()["target_grad"],
-            y.size,
-            _flat(x),
-            _flat(y),
-            _upstream_array(upstream, y.dtype),
-            float(coef),
-            log_target,
-            _flat(out),
-        )
-    return out
+    """d loss/d y = coef × upstream × d element/d y; ``upstream`` is one value or y-shaped."""
+    return _grad("target_grad", [x, y], upstream, coef, log_target)
 
 
 def copy(array: Any) -> Any:
