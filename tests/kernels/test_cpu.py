@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from data import make_pair
 from reference import (
     EPS64,
     assert_close,
@@ -40,18 +41,6 @@ ROUND_STATE = {
     np.dtype(np.float32): exact_sum.to_float32,
     np.dtype(np.float64): exact_sum.to_float64,
 }
-
-
-def make_pair(shape, dtype, log_target, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 2.0, size=shape)
-    if log_target:
-        y = rng.normal(-1.0, 1.5, size=shape)
-    else:
-        y = rng.uniform(0.01, 2.0, size=shape)
-        kind = rng.random(size=shape)
-        y = np.where(kind < 0.15, 0.0, np.where(kind < 0.3, -y, y))
-    return np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
 
 
 def strided(a: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 import pytest
+from data import make_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -63,19 +64,6 @@ DOC_TARGET = [1.22386942, -0.89729659, 0.01615712]
 # ---------------------------------------------------------------------------- helpers
 def seed_of(*params) -> int:
     return zlib.crc32(repr(params).encode())
-
-
-def make_pair(shape, dtype, log_target, seed):
-    """Input log-probabilities and targets; probability targets include zeros and negatives."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 2.0, size=shape)
-    if log_target:
-        y = rng.normal(-1.0, 1.5, size=shape)
-    else:
-        y = rng.uniform(0.01, 2.0, size=shape)
-        kind = rng.random(size=shape)
-        y = np.where(kind < 0.15, 0.0, np.where(kind < 0.3, -y, y))
-    return np.asarray(x, dtype=dtype), np.asarray(y, dtype=dtype)
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
