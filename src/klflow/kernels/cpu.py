@@ -27,12 +27,13 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from klflow.kernels import exact_sum, formula
-from klflow.kernels.bits import f64_to_half_bits, half_bits_to_f32
+from klflow.kernels.bits import f64_as_i64, f64_to_half_bits, half_bits_to_f32
 from klflow.kernels.fastmath import exp64, log64
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 SERIAL_BELOW = 1 << 15  # elements under which a parallel launch costs more than it saves
 SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
+ABS_BITS = 0x7FFFFFFFFFFFFFFF  # clears the sign: the bits of |t| order like |t| (NaN above inf)
 
 _jit = dict(cache=True, nogil=True)
 _inline = dict(inline="always", cache=True)
@@ -97,27 +98,41 @@ def _target_grad(x, y, log_target):
 # ------------------------------------------------------------------ kernels (flat, contiguous)
 @njit(**_inline)
 def _fill_terms(x, y, log_target, buffer, count):
+    """Write the terms into ``buffer``; return the largest |term| as bits (an integer maximum
+    vectorises where a float one does not), which spares the exact sum a pass."""
+    largest = np.int64(0)
     # Two loops instead of a branch per element, so each one vectorises.
     if log_target:
         for i in range(count):
-            buffer[i] = _term(widen(x[i]), widen(y[i]), True)
+            term = _term(widen(x[i]), widen(y[i]), True)
+            buffer[i] = term
+            largest = max(largest, f64_as_i64(term) & ABS_BITS)
     else:
         for i in range(count):
-            buffer[i] = _term(widen(x[i]), widen(y[i]), False)
+            term = _term(widen(x[i]), widen(y[i]), False)
+            buffer[i] = term
+            largest = max(largest, f64_as_i64(term) & ABS_BITS)
+    return largest
 
 
 @njit(**_inline)
 def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
+    largest = np.int64(0)
     if log_target:
         for i in range(count):
             yi = widen(y[i])
-            buffer[i] = _term(widen(x[i]), yi, True)
+            term = _term(widen(x[i]), yi, True)
+            buffer[i] = term
+            largest = max(largest, f64_as_i64(term) & ABS_BITS)
             grad[i] = narrow(grad, coef * _input_grad(yi, True))
     else:
         for i in range(count):
             yi = widen(y[i])
-            buffer[i] = _term(widen(x[i]), yi, False)
+            term = _term(widen(x[i]), yi, False)
+            buffer[i] = term
+            largest = max(largest, f64_as_i64(term) & ABS_BITS)
             grad[i] = narrow(grad, coef * _input_grad(yi, False))
+    return largest
 
 
 @njit(**_inline)
@@ -126,12 +141,12 @@ def _sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, state, buffer):
         stop = min(start + BLOCK, hi)
         count = stop - start
         if with_grad:
-            _fill_terms_and_grad(
+            largest = _fill_terms_and_grad(
                 x[start:stop], y[start:stop], log_target, coef, grad[start:stop], buffer, count
             )
         else:
-            _fill_terms(x[start:stop], y[start:stop], log_target, buffer, count)
-        exact_sum.add_terms(state, buffer, count)
+            largest = _fill_terms(x[start:stop], y[start:stop], log_target, buffer, count)
+        exact_sum.add_terms_bounded(state, buffer, count, largest)
 
 
 @njit(parallel=True, **_jit)

@@ -375,6 +375,16 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     largest = np.int64(0)
     for i in range(count):
         largest = max(largest, f64_as_i64(buf[i]) & _ABS_MASK)
+    add_terms_bounded(state, buf, count, largest)
+
+
+@njit(cache=True)
+def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: int) -> None:
+    """:func:`add_terms` for a caller that already knows ``largest``, the maximum of
+    ``f64_as_i64(t) & 0x7FFF_FFFF_FFFF_FFFF`` over the terms (computed while producing them,
+    it saves a pass over the buffer)."""
+    if count > buf.size:
+        raise ValueError("add_terms: count exceeds the buffer")
     if largest >= _EXPONENT_ALL_ONES:
         for i in range(count):
             add_float(state, buf[i])
@@ -393,16 +403,28 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
             grid = i64_as_f64(np.int64(1) << (grid_exponent + 1074))
         else:
             grid = _pow2(grid_exponent)
+        # Usually 1/g is a normal double and one multiplication scales exactly.
+        single = -1022 <= -grid_exponent <= 1023
+        inverse = _pow2(-grid_exponent) if single else 1.0
         largest = np.int64(0)
         for start in range(0, count, SUM_CHUNK):
             # A view indexed from 0 vectorises; indexing buf[start + i] does not (wraparound checks).
             chunk = buf[start : min(start + SUM_CHUNK, count)]
             partial = np.int64(0)
-            for i in range(chunk.size):
-                term = chunk[i]
-                quotient = np.int64((term * inverse_first) * inverse_second)
-                partial += quotient
-                remainder = term - np.float64(quotient) * grid
-                chunk[i] = remainder
-                largest = max(largest, f64_as_i64(remainder) & _ABS_MASK)
+            if single:
+                for i in range(chunk.size):
+                    term = chunk[i]
+                    quotient = np.int64(term * inverse)
+                    partial += quotient
+                    remainder = term - np.float64(quotient) * grid
+                    chunk[i] = remainder
+                    largest = max(largest, f64_as_i64(remainder) & _ABS_MASK)
+            else:
+                for i in range(chunk.size):
+                    term = chunk[i]
+                    quotient = np.int64((term * inverse_first) * inverse_second)
+                    partial += quotient
+                    remainder = term - np.float64(quotient) * grid
+                    chunk[i] = remainder
+                    largest = max(largest, f64_as_i64(remainder) & _ABS_MASK)
             add_scaled_int(state, partial, grid_exponent)
