@@ -41,8 +41,6 @@ class Tensor:
     spread over the ranks of an MPI job; its methods that materialise data are collective.
     """
 
-    __array_priority__ = 1000  # NumPy defers to klflow's operators, not the other way round
-
     def __init__(
         self,
         data: Any,
@@ -61,8 +59,6 @@ class Tensor:
         self.grad_fn = grad_fn
         self.grad: Tensor | None = None
         self._requires_grad = bool(requires_grad) or grad_fn is not None
-        if self._requires_grad and grad_fn is None:
-            _check_differentiable_leaf(self)
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -117,8 +113,6 @@ class Tensor:
                 "computed variable in a subgraph that doesn't require differentiation use "
                 "var_no_grad = var.detach()."
             )
-        if value:
-            _check_differentiable_leaf(self)
         self._requires_grad = bool(value)
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
@@ -318,11 +312,6 @@ class Tensor:
         if self.numel() != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self.numel()} elements is ambiguous")
         return bool(self.item())
-
-
-def _check_differentiable_leaf(t: Tensor) -> None:
-    if not t.dtype.is_floating_point:  # pragma: no cover - klflow holds floats only
-        raise RuntimeError("only floating-point tensors can require gradients")
 
 
 def _normalize_dim(dim: int, ndim: int) -> int:

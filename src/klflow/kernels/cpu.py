@@ -339,12 +339,6 @@ def target_grad_array(
     return _grad_launch(_target_grad_kernel, [x, y], upstream, coef, log_target)
 
 
-def scale(values: np.ndarray, factor: float) -> np.ndarray:
-    """values × factor in float64, rounded once to the array's dtype (a new array)."""
-    out = values.astype(np.float64) * factor
-    return out.astype(values.dtype)
-
-
 def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
     """The exact sum rounded once to ``dtype``, or divided by ``divisor``: a 0-d array.
 
