@@ -66,7 +66,9 @@ def test_ranks_asking_for_different_sbps_are_refused_everywhere(world):
         lambda: local.to_global(flow.placement.all("cpu"), sbp),
     )
     x = as_global(seeded((size, size)), flow.sbp.broadcast)
-    raises_everywhere(ValueError, r"asked for different placements/SBPs", lambda: x.to_global(sbp=sbp))
+    raises_everywhere(
+        ValueError, r"to_global\(\) was called differently on different ranks", lambda: x.to_global(sbp=sbp)
+    )
 
 
 def test_placement_beyond_the_world_is_refused(world):
@@ -113,3 +115,37 @@ def test_loss_called_differently_on_ranks_is_refused(world):
     raises_everywhere(
         ValueError, r"called differently on different ranks", lambda: F.kl_div(x, y, reduction=reduction)
     )
+
+
+def test_a_bad_argument_on_one_rank_stops_every_rank(world):
+    rank, size = world
+    if size < 2:
+        pytest.skip("needs at least 2 ranks")
+    local = flow.from_numpy(np.zeros((size, 2), np.float32))
+    placement = "cpu" if rank == 0 else flow.placement.all("cpu")  # rank 0 passes a string
+    raises_everywhere(
+        TypeError,  # every problem found is a TypeError, so every rank raises one
+        r"rank 0: placement must be a klflow.placement",
+        lambda: local.to_global(placement, flow.sbp.split(0)),
+    )
+    x = as_global(seeded((size, 2)), flow.sbp.split(0))
+    bad_dim = 5 if rank == 0 else 1
+    raises_everywhere(
+        ValueError,
+        r"rank 0: split\(dim=5\) needs more than 5 dimensions",
+        lambda: x.to_global(sbp=flow.sbp.split(bad_dim)),
+    )
+    y = as_global(seeded((size, 2), positive=True), flow.sbp.split(0))
+    reduction = "avg" if rank == 0 else "sum"
+    raises_everywhere(
+        ValueError,
+        r"rank 0: 'avg' is not a valid value for reduction",
+        lambda: F.kl_div(x, y, reduction=reduction),
+    )
+
+
+def test_the_same_mistake_everywhere_raises_the_plain_error(world):
+    x = as_global(seeded((4, 2)), flow.sbp.split(0))
+    y = as_global(seeded((4, 3), positive=True), flow.sbp.split(0))
+    raises_everywhere(ValueError, r"^input and target must have the same shape", lambda: F.kl_div(x, y))
+    raises_everywhere(TypeError, r"^log_target must be a bool", lambda: F.kl_div(x, x, log_target=1))

@@ -197,16 +197,33 @@ def to_global(t: Tensor, placement: Any = None, sbp: Any = None, **kwargs: Any) 
     return _global_to_global(t, placement, sbp)
 
 
+def _parse_arguments(
+    placement: Any, sbp: Any
+) -> tuple[Placement, tuple, None] | tuple[None, None, Exception]:
+    """(placement, signature, None), or (None, None, the error) for arguments klflow refuses."""
+    try:
+        return _check_placement(placement), sbp_module.as_signature(sbp), None
+    except (TypeError, ValueError) as err:
+        return None, None, err
+
+
 def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
     if placement is None or sbp is None:
-        raise ValueError("converting a local tensor to global needs both placement= and sbp=")
-    placement = _check_placement(placement)
-    signature = sbp_module.as_signature(sbp)
-    index = _my_index(placement)
+        placement, signature, error = (
+            None,
+            None,
+            ValueError("converting a local tensor to global needs both placement= and sbp="),
+        )
+    else:
+        placement, signature, error = _parse_arguments(placement, sbp)
+    index = _my_index(placement) if placement is not None else None
     problem = _local_problem(t, placement, signature[0]) if index is not None else None
-    row = (tuple(t.shape), t.dtype.name, repr(placement), repr(signature), problem)
+    # One exchange carries both the argument errors and the metadata the layout checks need, so
+    # that a rank with bad arguments does not raise alone and leave the others waiting.
+    row = (tuple(t.shape), t.dtype.name, repr(placement), repr(signature), comm.describe(error), problem)
     rows = comm.allgather_metadata(row)
-    problems = [f"rank {r}: {rw[4]}" for r, rw in enumerate(rows) if rw[4] is not None]
+    comm.raise_found([rw[4] for rw in rows], "to_global() failed")
+    problems = [f"rank {r}: {rw[5]}" for r, rw in enumerate(rows) if rw[5] is not None]
     problem = "; ".join(problems) if problems else _agreement_problem(rows, placement, signature[0])
     if problem is not None:
         raise ValueError(f"to_global({placement!r}, {signature!r}) failed: {problem}")
@@ -239,34 +256,31 @@ def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
 
 
 def _global_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
+    error: Exception | None = None
+    signature = None
     if placement is None and sbp is None:
-        raise ValueError("to_global() on a global tensor needs placement=, sbp= or both")
-    placement = t.placement if placement is None else _check_placement(placement)
-    signature = t.sbp if sbp is None else sbp_module.as_signature(sbp)
-    kind = signature[0]
-    if kind.is_split and kind.dim >= t.ndim:
-        problem = (
-            f"split(dim={kind.dim}) needs more than {kind.dim} dimensions, "
-            f"the tensor has shape {list(t.shape)}"
-        )
+        error = ValueError("to_global() on a global tensor needs placement=, sbp= or both")
     else:
-        problem = None
-    if placement.type != t.placement.type:
-        problem = (
-            f"moving between device types ({t.placement.type} → {placement.type}) is not "
-            f"supported by to_global; convert the local component instead"
+        placement, signature, error = _parse_arguments(
+            t.placement if placement is None else placement, t.sbp if sbp is None else sbp
         )
-    if spmd_checks_enabled():
-        rows = comm.allgather_metadata((repr(placement), repr(signature), problem))
-        if len({row[:2] for row in rows}) > 1:
-            problem = "the ranks asked for different placements/SBPs: " + ", ".join(
-                f"rank {r}: {row[0]}, {row[1]}" for r, row in enumerate(rows)
+    if error is None:
+        kind = signature[0]
+        if kind.is_split and kind.dim >= t.ndim:
+            error = ValueError(
+                f"split(dim={kind.dim}) needs more than {kind.dim} dimensions, "
+                f"the tensor has shape {list(t.shape)}"
             )
-        else:
-            found = [f"rank {r}: {row[2]}" for r, row in enumerate(rows) if row[2] is not None]
-            problem = "; ".join(found) if found else None
-    if problem is not None:
-        raise ValueError(f"to_global({placement!r}, {signature!r}) failed: {problem}")
+        elif placement.type != t.placement.type:
+            error = ValueError(
+                f"moving between device types ({t.placement.type} → {placement.type}) is not "
+                f"supported by to_global; convert the local component instead"
+            )
+    if spmd_checks_enabled():
+        call = f"to_global(placement={placement!r}, sbp={signature!r})"
+        comm.agree(error, "to_global()", call if error is None else None)
+    elif error is not None:
+        raise error
     spec = GlobalSpec(placement, signature, tuple(t.shape))
     if spec == t._global:
         return t

@@ -65,17 +65,37 @@ def allgather_metadata(item: Any) -> list[Any]:
     return _comm().allgather(item)
 
 
-def raise_together(problem: str | None, context: str) -> None:
-    """Raise the same ``ValueError`` on every rank if any rank found a problem.
+def describe(problem: BaseException | None) -> tuple[str, str] | None:
+    """A problem as small picklable metadata: (exception class name, message)."""
+    return None if problem is None else (type(problem).__name__, str(problem))
 
-    Each rank passes ``None`` or a description of what it saw; all learn the union, so no rank
-    goes on into a collective that another rank has abandoned.
+
+def raise_found(problems: list[tuple[str, str] | None], context: str) -> None:
+    """Raise on every rank if any rank's gathered problem is set (every rank sees the same list).
+
+    The exception is a ``TypeError`` when every problem found is one, else a ``ValueError``; the
+    message is the problem itself when all ranks found the same one, else each rank's.
     """
-    problems = allgather_metadata(problem)
-    found = [(r, p) for r, p in enumerate(problems) if p is not None]
-    if found:
-        details = "; ".join(f"rank {r}: {p}" for r, p in found)
-        raise ValueError(f"{context}: {details}")
+    found = [(rank, problem) for rank, problem in enumerate(problems) if problem is not None]
+    if not found:
+        return
+    exception = TypeError if all(kind == "TypeError" for _, (kind, _) in found) else ValueError
+    messages = {message for _, (_, message) in found}
+    if len(found) == len(problems) and len(messages) == 1:
+        raise exception(messages.pop())
+    raise exception(f"{context}: " + "; ".join(f"rank {rank}: {message}" for rank, (_, message) in found))
+
+
+def agree(problem: BaseException | None, context: str, call: Any = None) -> None:
+    """Collective check before collective work: every rank raises the same exception if any rank
+    found a problem, or if the ranks describe their ``call`` differently (a non-SPMD program)."""
+    rows = allgather_metadata((describe(problem), call))
+    raise_found([row[0] for row in rows], context)
+    if any(row[1] != rows[0][1] for row in rows):
+        raise ValueError(
+            f"{context} was called differently on different ranks: "
+            + "; ".join(f"rank {rank}: {row[1]}" for rank, row in enumerate(rows))
+        )
 
 
 # ----------------------------------------------------------------- array data (buffers only)

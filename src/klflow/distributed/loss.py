@@ -25,7 +25,7 @@ from klflow import dtypes
 from klflow.autograd import graph
 from klflow.distributed import comm
 from klflow.distributed import sbp as sbp_module
-from klflow.distributed.api import box, gradient_spec, make_global, spmd_checks_enabled
+from klflow.distributed.api import box, gradient_spec, make_global
 from klflow.distributed.layout import GlobalSpec
 from klflow.kernels import cpu as cpu_kernels
 from klflow.kernels import exact_sum
@@ -84,24 +84,9 @@ class GlobalLossNode(graph.Node):
             self.local_node.release()
 
 
-def _check_same_call(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> None:
-    if not spmd_checks_enabled():
-        return
-    row = (reduction, log_target, repr(input._global), repr(target._global), input.dtype.name)
-    rows = comm.allgather_metadata(row)
-    if len(set(rows)) > 1:
-        raise ValueError(
-            "kl_div on global tensors was called differently on different ranks: "
-            + "; ".join(
-                f"rank {r}: reduction={row[0]!r}, log_target={row[1]}, input {row[2]}, target {row[3]}"
-                for r, row in enumerate(rows)
-            )
-        )
-
-
 def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> Tensor:
-    """The loss of global inputs with one placement (validated by the functional layer)."""
-    _check_same_call(input, target, reduction, log_target)
+    """The loss of global inputs with one placement (validated, on every rank, by the functional
+    layer)."""
     if input.sbp[0].is_partial_sum:
         input = input.to_global(sbp=sbp_module.broadcast)
     if target._global != input._global:

@@ -76,14 +76,38 @@ def kl_div(
     ``input`` holds log-probabilities; ``target`` probabilities (or log-probabilities with
     ``log_target=True``). Both may be klflow tensors or array-likes of the same shape and dtype.
     """
-    reduction = check_reduction(reduction)
-    log_target = check_log_target(log_target)
     input = as_tensor_arg(input, "input")
     target = as_tensor_arg(target, "target")
-    check_pair(input, target)
-    if reduction == "batchmean" and input.ndim == 0:
-        raise ValueError(
-            "reduction='batchmean' divides by the batch size input.shape[0], but the input is a "
-            "0-dim tensor with no batch dimension; use reduction='sum' or 'mean'"
-        )
+    problem: Exception | None = None
+    try:
+        reduction = check_reduction(reduction)
+        log_target = check_log_target(log_target)
+        check_pair(input, target)
+        if reduction == "batchmean" and input.ndim == 0:
+            raise ValueError(
+                "reduction='batchmean' divides by the batch size input.shape[0], but the input is "
+                "a 0-dim tensor with no batch dimension; use reduction='sum' or 'mean'"
+            )
+    except (TypeError, ValueError) as err:
+        problem = err
+    if input.is_global or target.is_global:
+        _agree_across_ranks(problem, input, target, reduction, log_target)
+    elif problem is not None:
+        raise problem
     return kl_div_op.kl_div(input, target, reduction, log_target)
+
+
+def _agree_across_ranks(problem, input, target, reduction, log_target) -> None:
+    """For global inputs a mistake on one rank must stop every rank before any collective, and
+    every rank must be making the same call (an SPMD program)."""
+    from klflow.distributed import api, comm
+
+    if not api.spmd_checks_enabled():
+        if problem is not None:
+            raise problem
+        return
+    call = (
+        f"kl_div(reduction={reduction!r}, log_target={log_target!r}, input {input._global}, "
+        f"target {target._global}, {input.dtype})"
+    )
+    comm.agree(problem, "kl_div", None if problem is not None else call)
