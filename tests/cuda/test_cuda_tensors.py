@@ -108,3 +108,19 @@ def test_device_buffers_are_reused_only_after_their_array_dies():
     assert kept.copy_to_host().tolist() == [1.0] * 4 and reused.copy_to_host().sum() == 12.0
     kernels.empty_cache()
     assert not any(kernels._free_buffers.values())
+
+
+def test_launch_sizes_come_from_the_device(monkeypatch):
+    from klflow.kernels import cuda as kernels
+
+    kernels.set_block_size(None)
+    monkeypatch.delenv("KLFLOW_CUDA_BLOCK", raising=False)
+    hopper = (132, 2048, 1024)  # multiprocessors, threads per multiprocessor, threads per block
+    monkeypatch.setattr(kernels, "_device_limits", lambda device_id: hopper)
+    assert kernels.launch_config(1 << 28) == (132 * 8, 256)  # eight blocks of 256 per SM
+    assert kernels.launch_config(1000) == (4, 256)  # never more blocks than the work needs
+    smaller = (80, 1536, 1024)
+    monkeypatch.setattr(kernels, "_device_limits", lambda device_id: smaller)
+    assert kernels.launch_config(1 << 28) == (80 * 12, 128)  # 1536 / 8 = 192 → 128, a power of two
+    monkeypatch.setenv("KLFLOW_CUDA_BLOCK", "64")
+    assert kernels.launch_config(1 << 28) == (80 * 24, 64)

@@ -73,7 +73,13 @@ def launch_config(n: int) -> tuple[int, int]:
     _cuda()
     sms, threads_per_sm, max_block = _device_limits(_current_device_id())
     env_block = os.environ.get("KLFLOW_CUDA_BLOCK")
-    block = min(_block_override or (int(env_block) if env_block else 256), max_block, MAX_BLOCK)
+    if _block_override or env_block:
+        block = _block_override or int(env_block)
+    else:
+        # Eight resident blocks per multiprocessor (256 threads on Hopper), a power of two for
+        # the tree reduction.
+        block = 1 << (max(32, (threads_per_sm or 2048) // 8).bit_length() - 1)
+    block = min(block, max_block, MAX_BLOCK)
     per_sm = max(1, (threads_per_sm or 2 * block) // block)
     blocks = max(1, min(sms * per_sm, -(-n // block)))
     return blocks, block
