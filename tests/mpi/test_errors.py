@@ -149,3 +149,13 @@ def test_the_same_mistake_everywhere_raises_the_plain_error(world):
     y = as_global(seeded((4, 3), positive=True), flow.sbp.split(0))
     raises_everywhere(ValueError, r"^input and target must have the same shape", lambda: F.kl_div(x, y))
     raises_everywhere(TypeError, r"^log_target must be a bool", lambda: F.kl_div(x, x, log_target=1))
+
+
+def test_a_target_that_cannot_be_converted_on_one_rank_stops_every_rank(world):
+    rank, size = world
+    if size < 2:
+        pytest.skip("needs at least 2 ranks")
+    x = as_global(seeded((size, 2)), flow.sbp.split(0))
+    good = as_global(seeded((size, 2), positive=True), flow.sbp.split(0))  # every rank builds it
+    target = [[1j, 2j]] * size if rank == 0 else good
+    raises_everywhere(TypeError, r"rank 0: target: .*complex", lambda: F.kl_div(x, target))

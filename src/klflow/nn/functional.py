@@ -76,10 +76,13 @@ def kl_div(
     ``input`` holds log-probabilities; ``target`` probabilities (or log-probabilities with
     ``log_target=True``). Both may be klflow tensors or array-likes of the same shape and dtype.
     """
-    input = as_tensor_arg(input, "input")
-    target = as_tensor_arg(target, "target")
+    # A global argument makes the call collective: every problem found below, even in
+    # converting the other argument, must reach every rank before any of them raises.
+    collective = any(isinstance(a, Tensor) and a.is_global for a in (input, target))
     problem: Exception | None = None
     try:
+        input = as_tensor_arg(input, "input")
+        target = as_tensor_arg(target, "target")
         reduction = check_reduction(reduction)
         log_target = check_log_target(log_target)
         check_pair(input, target)
@@ -90,7 +93,7 @@ def kl_div(
             )
     except (TypeError, ValueError) as err:
         problem = err
-    if input.is_global or target.is_global:
+    if collective:
         _agree_across_ranks(problem, input, target, reduction, log_target)
     elif problem is not None:
         raise problem
@@ -106,8 +109,10 @@ def _agree_across_ranks(problem, input, target, reduction, log_target) -> None:
         if problem is not None:
             raise problem
         return
-    call = (
-        f"kl_div(reduction={reduction!r}, log_target={log_target!r}, input {input._global}, "
-        f"target {target._global}, {input.dtype})"
-    )
-    comm.agree(problem, "kl_div", None if problem is not None else call)
+    call = None
+    if problem is None:  # the arguments may not even be tensors otherwise
+        call = (
+            f"kl_div(reduction={reduction!r}, log_target={log_target!r}, input {input._global}, "
+            f"target {target._global}, {input.dtype})"
+        )
+    comm.agree(problem, "kl_div", call)
