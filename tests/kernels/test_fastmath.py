@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from klflow.kernels.fastmath import exp32, exp64, log32, log64
+from klflow.kernels.fastmath import exp32, exp64, log32, log64, log64_normal, log64_positive
 
 # Largest errors over these tests, a little above the measured maxima (0.76 and 0.77 ulp for
 # float64, 0.76 and 0.78 float32 ulp over every float32 input); tighter than the one-ulp contract
@@ -55,6 +55,22 @@ def _log_all(values: np.ndarray) -> np.ndarray:
     out = np.empty_like(values)
     for i in range(values.size):
         out[i] = log64(values[i])
+    return out
+
+
+@njit
+def _log_normal_all(values: np.ndarray) -> np.ndarray:
+    out = np.empty(values.size, dtype=np.float64)
+    for i in range(values.size):
+        out[i] = log64_normal(np.float64(values[i]))
+    return out
+
+
+@njit
+def _log_positive_all(values: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    for i in range(values.size):
+        out[i] = log64_positive(values[i])
     return out
 
 
@@ -174,6 +190,23 @@ def test_log_powers_of_two_and_extremes() -> None:
     x = np.ldexp(1.0, np.arange(-1074, 1024))
     x = np.concatenate([x, [LARGEST_FINITE, SMALLEST_NORMAL, np.nextafter(1.0, 0.0)]])
     assert max_log_error(x) <= LOG64_MAX_ULP
+
+
+def test_log_of_widened_float32_skipping_special_values() -> None:
+    # log64_normal's whole domain in the kernels: every positive finite float32 (subnormals
+    # included: widened, they are normal doubles), sampled with a prime stride, plus all
+    # mantissas of the binade around 1.
+    x = np.concatenate([float32_sample(991, 1, 0x7F800000), float32_sample(1, 0x3F700000, 0x3F900000)])
+    wide = x.astype(np.float64)
+    got = _log_normal_all(x)
+    assert float(ulp_errors(got, exact_log(wide)).max()) <= LOG64_MAX_ULP
+    np.testing.assert_array_equal(got, _log_all(wide))  # the same bits as the full log64
+
+
+def test_log_positive_matches_log64_on_positive_doubles(rng: np.random.Generator) -> None:
+    x = np.exp2(rng.uniform(-1074.0, 1024.0, 200_000))
+    x = np.concatenate([x[(x > 0) & np.isfinite(x)], np.arange(1, 512) * SMALLEST_SUBNORMAL])
+    np.testing.assert_array_equal(_log_positive_all(x), _log_all(x))
 
 
 # --- exp64 accuracy -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from numba.extending import overload
 
 from klflow.kernels import exact_sum, formula
 from klflow.kernels.bits import f64_as_i64, f64_to_half_bits, half_bits_to_f32
-from klflow.kernels.fastmath import exp64, log64
+from klflow.kernels.fastmath import exp64, log64, log64_normal, log64_positive
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 SERIAL_BELOW = 1 << 15  # elements under which a parallel launch costs more than it saves
@@ -74,11 +74,32 @@ def _narrow(template, value):
     return lambda template, value: value
 
 
+def log_where_positive(value):  # pragma: no cover - replaced by the overload inside compiled code
+    """log of an element widened to float64, exact for elements above zero (+inf included); for
+    zero, negative and NaN elements an unspecified value, which ``kl_term`` masks out."""
+    raise NotImplementedError
+
+
+@overload(log_where_positive, inline="always")
+def _log_where_positive(value):
+    # Skipping the special values the loss masks anyway is a third of the log's work. A float64
+    # element can be subnormal; widened float32 and float16 elements never are.
+    log_finite = log64_positive if value == types.float64 else log64_normal
+
+    def impl(value):
+        wide = widen(value)
+        return wide if wide == np.inf else log_finite(wide)
+
+    return impl
+
+
 @njit(**_inline)
 def _term(x, y, log_target):
+    """The loss element of two array elements as stored (float16 as its bits)."""
+    wide_y = widen(y)
     if log_target:
-        return kl_term_log_target(x, y, exp64(y))
-    return kl_term(x, y, log64(y))
+        return kl_term_log_target(widen(x), wide_y, exp64(wide_y))
+    return kl_term(widen(x), wide_y, log_where_positive(y))
 
 
 @njit(**_inline)
@@ -104,12 +125,12 @@ def _fill_terms(x, y, log_target, buffer, count):
     # Two loops instead of a branch per element, so each one vectorises.
     if log_target:
         for i in range(count):
-            term = _term(widen(x[i]), widen(y[i]), True)
+            term = _term(x[i], y[i], True)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
     else:
         for i in range(count):
-            term = _term(widen(x[i]), widen(y[i]), False)
+            term = _term(x[i], y[i], False)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
     return largest
@@ -121,14 +142,14 @@ def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
     if log_target:
         for i in range(count):
             yi = widen(y[i])
-            term = _term(widen(x[i]), yi, True)
+            term = _term(x[i], y[i], True)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
             grad[i] = narrow(grad, coef * _input_grad(yi, True))
     else:
         for i in range(count):
             yi = widen(y[i])
-            term = _term(widen(x[i]), yi, False)
+            term = _term(x[i], y[i], False)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
             grad[i] = narrow(grad, coef * _input_grad(yi, False))
@@ -177,10 +198,10 @@ def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
 def _pointwise_kernel(x, y, log_target, out):
     if log_target:
         for i in prange(x.size):
-            out[i] = narrow(out, _term(widen(x[i]), widen(y[i]), True))
+            out[i] = narrow(out, _term(x[i], y[i], True))
     else:
         for i in prange(x.size):
-            out[i] = narrow(out, _term(widen(x[i]), widen(y[i]), False))
+            out[i] = narrow(out, _term(x[i], y[i], False))
 
 
 @njit(parallel=True, **_jit)

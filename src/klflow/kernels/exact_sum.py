@@ -360,10 +360,11 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     each level splits every term ``t`` on a power-of-two grid ``g`` into ``q * g + r`` with ``q`` an
     integer below ``2**53`` (error-free: exact scaling, truncation and subtraction), sums the ``q``
     in int64 (exact, so order is irrelevant), stores the remainders ``r`` back into ``buf`` and moves
-    to the grid of their maximum until nothing remains. Blocks holding NaN or infinities take the
-    scalar ``add_float`` path. On return ``buf[0:count]`` holds signed zeros (or is unchanged when
-    the block held a NaN or infinity). ``count`` has no upper limit beyond ``buf.size`` (the int64
-    sums run over chunks of ``SUM_CHUNK``); 1024 to 4096 terms is a good block (L1-resident).
+    to the grid of their maximum until nothing remains; in the usual case two levels take every
+    term and run in registers, without stores. Blocks holding NaN or infinities take the scalar
+    ``add_float`` path. On return ``buf[0:count]`` holds unspecified values (scratch). ``count``
+    has no upper limit beyond ``buf.size`` (the int64 sums run over chunks of ``SUM_CHUNK``); 1024
+    to 4096 terms is a good block (L1-resident).
 
     >>> state = new_state()
     >>> add_terms(state, np.array([0.1] * 10), 10)
@@ -389,7 +390,58 @@ def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: i
         for i in range(count):
             add_float(state, buf[i])
         return
+    if largest == 0:
+        return
+    # With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
+    # |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1.
+    grid_exponent = max((largest >> 52) - 1075, -1074)
+    if grid_exponent - 53 < -1022:  # tiny terms: the grids or their inverses leave the normal range
+        _add_levels(state, buf, count, largest)
+        return
+    for start in range(0, count, SUM_CHUNK):
+        # A view indexed from 0 vectorises; indexing buf[start + i] does not (wraparound checks).
+        chunk = buf[start : min(start + SUM_CHUNK, count)]
+        if not _add_two_levels(state, chunk, grid_exponent):
+            _add_levels(state, chunk, chunk.size, largest)
 
+
+@njit(inline="always", cache=True)
+def _add_two_levels(state: np.ndarray, chunk: np.ndarray, grid_exponent: int) -> bool:
+    """The usual case in one read-only pass: add the chunk's exact sum and return True if every
+    term is a multiple of the second grid, ``2**(grid_exponent - 53)``; else add nothing, return
+    False. Both grids and their inverses are normal doubles (the caller checks).
+
+    Each term splits exactly as ``q1 * g1 + q2 * g2 + r`` (the steps of :func:`_add_levels`, done
+    twice in registers), so the terms within ``2**-53`` of the largest, nearly all of them, need
+    no second pass and no store.
+    """
+    first_grid = _pow2(grid_exponent)
+    first_inverse = _pow2(-grid_exponent)
+    second_grid = _pow2(grid_exponent - 53)
+    second_inverse = _pow2(53 - grid_exponent)
+    first_sum = np.int64(0)
+    second_sum = np.int64(0)
+    leftover = np.int64(0)
+    for i in range(chunk.size):
+        term = chunk[i]
+        first = np.int64(term * first_inverse)
+        remainder = term - np.float64(first) * first_grid  # |remainder| < g1: |remainder/g2| < 2**53
+        second = np.int64(remainder * second_inverse)
+        first_sum += first
+        second_sum += second
+        leftover |= f64_as_i64(remainder - np.float64(second) * second_grid) & _ABS_MASK
+    if leftover != 0:
+        return False
+    add_scaled_int(state, first_sum, grid_exponent)
+    add_scaled_int(state, second_sum, grid_exponent - 53)
+    return True
+
+
+@njit(cache=True)
+def _add_levels(state: np.ndarray, buf: np.ndarray, count: int, largest: int) -> None:
+    """The general splitting loop of :func:`add_terms` for finite terms with ``|t|`` at most the
+    double whose bits are ``largest`` (a bound, not necessarily attained); ``buf[0:count]`` ends
+    as zeros."""
     while largest != 0:
         # With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
         # |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1: one exact level.
