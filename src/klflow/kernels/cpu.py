@@ -74,23 +74,16 @@ def _narrow(template, value):
     return lambda template, value: value
 
 
-def log_where_positive(value):  # pragma: no cover - replaced by the overload inside compiled code
-    """log of an element widened to float64, exact for elements above zero (+inf included); for
-    zero, negative and NaN elements an unspecified value, which ``kl_term`` masks out."""
+def can_be_subnormal(value):  # pragma: no cover - replaced by the overload inside compiled code
+    """Whether an element as stored can be subnormal once widened to float64 (a constant)."""
     raise NotImplementedError
 
 
-@overload(log_where_positive, inline="always")
-def _log_where_positive(value):
-    # Skipping the special values the loss masks anyway is a third of the log's work. A float64
-    # element can be subnormal; widened float32 and float16 elements never are.
-    log_finite = log64_positive if value == types.float64 else log64_normal
-
-    def impl(value):
-        wide = widen(value)
-        return wide if wide == np.inf else log_finite(wide)
-
-    return impl
+@overload(can_be_subnormal, inline="always")
+def _can_be_subnormal(value):
+    # Widened float32 and float16 elements are normal doubles; float64 ones can be subnormal.
+    subnormal = value == types.float64
+    return lambda value: subnormal
 
 
 @njit(**_inline)
@@ -99,7 +92,14 @@ def _term(x, y, log_target):
     wide_y = widen(y)
     if log_target:
         return kl_term_log_target(widen(x), wide_y, exp64(wide_y))
-    return kl_term(widen(x), wide_y, log_where_positive(y))
+    # kl_term masks zero, negative and NaN targets itself, so the log may skip them (a third of
+    # its work); only +inf needs its true log.
+    if can_be_subnormal(y):
+        log_y = log64_positive(wide_y)
+    else:
+        log_y = log64_normal(wide_y)
+    log_y = wide_y if wide_y == np.inf else log_y
+    return kl_term(widen(x), wide_y, log_y)
 
 
 @njit(**_inline)

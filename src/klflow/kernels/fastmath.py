@@ -152,7 +152,8 @@ def log64_positive(x: float) -> float:
     # Subnormals (and, harmlessly, zeros and negatives) are scaled by 2**54 to become normal.
     is_small = f64_as_i64(x) < _SMALLEST_NORMAL_BITS
     scaled = x * _TWO_54 if is_small else x
-    return _log_reduced(scaled, _SUBNORMAL_EXPONENT_OFFSET if is_small else 0.0)
+    offset = _SUBNORMAL_EXPONENT_OFFSET if is_small else 0.0
+    return _log_reduced(scaled, offset)
 
 
 @njit(inline="always", cache=True)
