@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import klflow as flow  # noqa: E402
 import klflow.nn.functional as F  # noqa: E402
 from klflow.kernels.bits import f64_as_i64  # noqa: E402
-from klflow.kernels.cpu import can_be_subnormal  # noqa: E402
-from klflow.kernels.fastmath import log64_normal, log64_positive  # noqa: E402
+from klflow.kernels.cpu import log_finite_positive  # noqa: E402
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -66,12 +65,8 @@ def log_floor(y, chunks):
     for chunk in prange(chunks):
         part = y[min(chunk * per_chunk, y.size) : min((chunk + 1) * per_chunk, y.size)]
         top = np.int64(0)
-        if can_be_subnormal(part[0]):
-            for i in range(part.size):
-                top = max(top, f64_as_i64(log64_positive(np.float64(part[i]))))
-        else:
-            for i in range(part.size):
-                top = max(top, f64_as_i64(log64_normal(np.float64(part[i]))))
+        for i in range(part.size):
+            top = max(top, f64_as_i64(log_finite_positive(part[i])))
         largest[chunk] = top
     return largest.max()
 
@@ -153,7 +148,9 @@ def first_call_seconds() -> float:
     subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)  # fills the cache
     samples = []
     for _ in range(5):  # one fresh process each; the median, as single starts vary on a shared machine
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
         samples.append(float(done.stdout.strip()))
     return statistics.median(samples)
 

@@ -379,6 +379,16 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     add_terms_bounded(state, buf, count, largest)
 
 
+@njit(inline="always", cache=True)
+def _grid_exponent(largest: int) -> int:
+    """The exponent of the coarsest grid on which every term splits with an integer below 2**53.
+
+    With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
+    |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1: one exact level.
+    """
+    return max((largest >> 52) - 1075, -1074)
+
+
 @njit(cache=True)
 def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: int) -> None:
     """:func:`add_terms` for a caller that already knows ``largest``, the maximum of
@@ -392,9 +402,7 @@ def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: i
         return
     if largest == 0:
         return
-    # With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
-    # |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1.
-    grid_exponent = max((largest >> 52) - 1075, -1074)
+    grid_exponent = _grid_exponent(largest)
     if grid_exponent - 53 < -1022:  # tiny terms: the grids or their inverses leave the normal range
         _add_levels(state, buf, count, largest)
         return
@@ -443,9 +451,7 @@ def _add_levels(state: np.ndarray, buf: np.ndarray, count: int, largest: int) ->
     double whose bits are ``largest`` (a bound, not necessarily attained); ``buf[0:count]`` ends
     as zeros."""
     while largest != 0:
-        # With biased exponent E of the largest |t| < 2**(E - 1022), the grid 2**(E - 1075) keeps
-        # |t / g| < 2**53. Subnormal maxima (E = 0) share the grid 2**-1074 of E = 1: one exact level.
-        grid_exponent = max((largest >> 52) - 1075, -1074)
+        grid_exponent = _grid_exponent(largest)
         # 1/g can exceed the double range; two normal power-of-two factors scale exactly instead.
         # (Scaling up never rounds; scaling down only rounds products below 1, which truncate to 0.)
         half_inverse_exponent = -grid_exponent // 2  # both halves lie in [-486, 537]
