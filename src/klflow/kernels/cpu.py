@@ -164,7 +164,10 @@ def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
 
 
 @njit(**_inline)
-def _sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, state, buffer):
+def sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, state, buffer):
+    """One thread's share of a reduction: add the terms of elements ``lo:hi`` into ``state``,
+    ``BLOCK`` at a time through ``buffer`` (and, with ``with_grad``, write their input gradient
+    times ``coef`` into ``grad`` in the same pass)."""
     for start in range(lo, hi, BLOCK):
         stop = min(start + BLOCK, hi)
         count = stop - start
@@ -186,7 +189,7 @@ def _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
         buffer = np.empty(BLOCK, dtype=np.float64)
         lo = min(chunk * per_chunk, n)
         hi = min(lo + per_chunk, n)
-        _sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk], buffer)
+        sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk], buffer)
     total = states[0].copy()
     for chunk in range(1, chunks):
         exact_sum.merge(total, states[chunk])
@@ -197,7 +200,7 @@ def _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
 def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
     state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
     buffer = np.empty(BLOCK, dtype=np.float64)
-    _sum_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state, buffer)
+    sum_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state, buffer)
     return state
 
 
