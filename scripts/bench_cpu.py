@@ -6,11 +6,12 @@
 
 For each size and dtype it times (median of ``--reps``) klflow ``sum``, ``batchmean``, ``none`` and
 forward+backward (loss and input gradient), a NumPy implementation of the loss, and PyTorch's
-``F.kl_div`` (``sum`` and forward+backward) with the same thread count. The floors are measured in
-the same run by parallel, vectorised numba passes over the same arrays: one that only reads both
-inputs (the floor of a reduction) and one that reads both and writes one array (the floor of
-``none`` and of forward+backward). It also reports the peak resident memory each variant adds at
-the largest size, and the cost of a first call in a new process with a warm on-disk cache.
+``F.kl_div`` (``sum`` and forward+backward) with the same thread count, in a child process of its
+own. The floors are measured in the same run by parallel, vectorised numba passes over the same
+arrays: one that only reads both inputs (the floor of a reduction) and one that reads both and
+writes one array (the floor of ``none`` and of forward+backward). It also reports the arithmetic
+alone on a cache-resident block, the peak resident memory each variant adds at the largest size,
+and the cost of a first call in a new process with a warm on-disk cache.
 """
 
 from __future__ import annotations
@@ -138,6 +139,20 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
     return {"ns_per_element": costs, "read_floor_ns_per_element_and_thread": allowed}
 
 
+def interleaved_median_ms(variants: dict, reps: int) -> dict:
+    """Median ms of each variant, timed in rounds that run every variant once, so that a slow
+    spell of the shared machine (seen to last a few hundred ms) hits all of them alike."""
+    for fn in variants.values():
+        fn()  # warm-up (and JIT)
+    samples: dict = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
+
+
 def median_ms(fn, reps: int) -> float:
     fn()  # warm-up (and JIT)
     samples = []
@@ -190,6 +205,54 @@ print(read("VmHWM:") - before)
 """
 
 
+TORCH_PROBE = """
+import json, statistics, sys, time
+import numpy as np
+import torch
+dtype, log2, reps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+rng = np.random.default_rng(log2)
+x = torch.from_numpy(rng.standard_normal(1 << log2).astype(dtype))
+y = torch.from_numpy(rng.random(1 << log2).astype(dtype))
+kl = torch.nn.functional.kl_div
+def forward_backward():
+    leaf = x.detach().requires_grad_()
+    kl(leaf, y, reduction="sum").backward()
+times = {}
+for name, fn in [("torch sum", lambda: kl(x, y, reduction="sum")), ("torch fwd+bwd", forward_backward)]:
+    fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    times[name] = statistics.median(samples) * 1e3
+print(json.dumps(times))
+"""
+
+
+def installed_torch_version() -> str | None:
+    """PyTorch's version, asked of a child process: importing it here would start its OpenMP
+    workers in this process, and their spinning after each PyTorch call was seen to slow the
+    next numba measurements by up to 10× on a two-core machine."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def torch_times(dtype: str, log2: int, reps: int, threads: int) -> dict:
+    """Median ms of PyTorch's ``sum`` and forward+backward in a child process (same sizes and
+    distributions as the parent's arrays, same thread count), so that its threads stop with it."""
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, dtype, str(log2), str(reps), str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
 def peak_growth_bytes(variant: str, log2: int) -> int:
     """Peak resident memory a fresh process adds during its first big call (Linux only)."""
     if not Path("/proc/self/clear_refs").exists():
@@ -234,19 +297,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(numba.get_num_threads())
-        except ImportError:
-            print("PyTorch is not installed: its columns are skipped", file=sys.stderr)
     threads = numba.get_num_threads()
+    torch_version = None if args.no_torch else installed_torch_version()
+    if not args.no_torch and torch_version is None:
+        print("PyTorch is not installed: its columns are skipped", file=sys.stderr)
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads",
-        "torch": getattr(torch, "__version__", None),
+        "torch": torch_version,
         "rows": [],
     }
     print(f"{report['machine']}; torch {report['torch']}; {report['date']}", flush=True)
@@ -266,37 +324,33 @@ def main() -> int:
             n = 1 << log2
             x = rng.standard_normal(n).astype(dtype)
             y = rng.random(n).astype(dtype)
-            reps = args.reps if n < (1 << 24) else max(3, args.reps // 2)
+            reps = args.reps
             row: dict = {"dtype": dtype_name, "n": n}
-            row["read_floor"] = median_ms(lambda: read_floor(x, y), reps)
-            row["read_write_floor"] = median_ms(lambda: read_write_floor(x, y, np.empty_like(x)), reps)
-            row["log_floor"] = median_ms(lambda: log_floor(y, 4 * numba.get_num_threads()), reps)
-            if log2 == args.max_log2:
-                # The same floor into an output whose pages are already mapped: the difference is
-                # what first-touch page faults (kernel zeroing) add to every fresh output.
-                reused = np.zeros_like(x)
-                row["read_write_floor_reused"] = median_ms(lambda: read_write_floor(x, y, reused), reps)
             xt, yt = flow.from_numpy(x), flow.from_numpy(y)
-            for reduction in ("sum", "batchmean", "none"):
-                row[reduction] = median_ms(lambda r=reduction: F.kl_div(xt, yt, reduction=r), reps)
 
             def forward_backward():
                 leaf = flow.from_numpy(x).requires_grad_()
                 F.kl_div(leaf, yt, reduction="sum").backward()
                 return leaf.grad
 
-            row["fwd+bwd"] = median_ms(forward_backward, reps)
+            variants = {
+                "read_floor": lambda: read_floor(x, y),
+                "read_write_floor": lambda: read_write_floor(x, y, np.empty_like(x)),
+                "log_floor": lambda: log_floor(y, 4 * numba.get_num_threads()),
+                "sum": lambda: F.kl_div(xt, yt, reduction="sum"),
+                "batchmean": lambda: F.kl_div(xt, yt, reduction="batchmean"),
+                "none": lambda: F.kl_div(xt, yt, reduction="none"),
+                "fwd+bwd": forward_backward,
+            }
+            if log2 == args.max_log2:
+                # The same floor into an output whose pages are already mapped: the difference is
+                # what first-touch page faults (kernel zeroing) add to every fresh output.
+                reused = np.zeros_like(x)
+                variants["read_write_floor_reused"] = lambda: read_write_floor(x, y, reused)
+            row.update(interleaved_median_ms(variants, reps))
             row["numpy"] = median_ms(lambda: numpy_loss(x, y), max(3, reps // 2))
-            if torch is not None:
-                tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-                kl = torch.nn.functional.kl_div
-                row["torch sum"] = median_ms(lambda: kl(tx, ty, reduction="sum"), max(3, reps // 2))
-
-                def torch_forward_backward():
-                    leaf = tx.detach().requires_grad_()
-                    kl(leaf, ty, reduction="sum").backward()
-
-                row["torch fwd+bwd"] = median_ms(torch_forward_backward, max(3, reps // 2))
+            if torch_version is not None:
+                row.update(torch_times(dtype_name, log2, max(3, reps // 2), threads))
             report["rows"].append(row)
             rf, rw = row["read_floor"], row["read_write_floor"]
             torch_sum = row.get("torch sum")
@@ -313,7 +367,9 @@ def main() -> int:
     # Peak memory at the largest size, float32, each variant in a fresh process.
     input_bytes = 4 << args.max_log2
     memory = {"input_bytes": input_bytes}
-    for variant in ["klflow sum", "klflow fwd+bwd"] + (["torch sum", "torch fwd+bwd"] if torch else []):
+    for variant in ["klflow sum", "klflow fwd+bwd"] + (
+        ["torch sum", "torch fwd+bwd"] if torch_version else []
+    ):
         memory[variant] = peak_growth_bytes(variant, args.max_log2)
     report["memory"] = memory
     print(
