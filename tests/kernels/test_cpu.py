@@ -15,6 +15,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from data import make_pair
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import (
     EPS64,
     assert_close,
@@ -270,6 +272,141 @@ def test_reduce_sum_counts_nan_and_infinities():
     assert exact_sum.to_float64(state) == np.inf
     state, _ = cpu.reduce_sum(np.array([-np.inf, np.inf]), np.array([0.5, 0.5]), False)
     assert math.isnan(exact_sum.to_float64(state))
+
+
+# ---------------------------------------------------------------------------- reduce: bounded fast path
+def round_to_float32(value: Fraction) -> np.float32:
+    """``value`` correctly rounded to float32 (nearest, ties to even), by comparing fractions."""
+    candidate = np.float32(float(value))
+    neighbours = [np.nextafter(candidate, np.float32(-np.inf)), candidate]
+    neighbours.append(np.nextafter(candidate, np.float32(np.inf)))
+    finite = [c for c in neighbours if np.isfinite(c)]
+    return min(finite, key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(np.uint32)) & 1))
+
+
+def fast_and_exact(x, y, log_target, divisor=1, coef=None):
+    return cpu.reduce(x, y, log_target, divisor, coef, exact_state_needed=False), cpu.reduce(
+        x, y, log_target, divisor, coef
+    )
+
+
+def test_round_to_float32_helper_ties_to_even():
+    assert round_to_float32(Fraction(1) + Fraction(1, 2**24)) == np.float32(1.0)
+    assert round_to_float32(Fraction(1) + Fraction(3, 2**24)) == np.float32(1.0 + 2.0**-22)
+    assert round_to_float32(Fraction(1, 3)) == np.float32(1 / 3)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("divisor", [1, 7])
+@pytest.mark.parametrize("with_grad", [False, True], ids=["sum", "sum+grad"])
+@log_target_param
+@dtype_param
+def test_reduce_fast_path_gives_the_exact_paths_bits(n, divisor, with_grad, log_target, dtype):
+    x, y = make_pair((n,), dtype, log_target, 70 + n)
+    coef = 0.5 if with_grad else None
+    (value, state, grad), (exact_value, exact_state, exact_grad) = fast_and_exact(
+        x, y, log_target, divisor, coef
+    )
+    assert value.tobytes() == exact_value.tobytes()
+    assert exact_state is not None
+    if dtype == np.float64:
+        assert state is not None  # no float64 result can be proven: always the exact path
+    if with_grad:
+        np.testing.assert_array_equal(grad, exact_grad)
+        ref_grad = input_grad(x, y, log_target, 1.0, coef)
+        assert_close(grad, ref_grad, dtype, bound=4 * EPS64 * np.abs(ref_grad), what="fused grad")
+    ref = reference_sum(kl_elements(x, y, log_target)) / divisor
+    slack = element_error_bound(x, y, log_target).sum() / divisor
+    assert_close(value, np.float64(ref), dtype, bound=slack, what="fast sum")
+
+
+def test_reduce_fast_path_skips_the_state_when_it_proves_the_value():
+    x, y = make_pair((50_000,), np.float32, False, 80)
+    value, state, _ = cpu.reduce(x, y, False, 1, exact_state_needed=False)
+    assert state is None and value.dtype == np.float32
+
+
+@dtype_param
+def test_reduce_fast_path_for_fortran_and_strided_inputs(dtype):
+    x, y = make_pair((40, 30), dtype, False, 81)
+    for xs, ys in ((np.asfortranarray(x), np.asfortranarray(y)), (strided(x), strided(y))):
+        (value, _, grad), (exact_value, _, exact_grad) = fast_and_exact(xs, ys, False, 1, 0.25)
+        assert value.tobytes() == exact_value.tobytes()
+        np.testing.assert_array_equal(grad, exact_grad)
+        assert grad.flags.f_contiguous == xs.flags.f_contiguous
+
+
+def _bounded(x, y, log_target):
+    state, magnitudes = cpu._bounded_kernel_serial(x, y, log_target, 0.0, np.empty(0, x.dtype), False)
+    return cpu.bounded_value(state, magnitudes, 1, x.dtype)
+
+
+@pytest.mark.parametrize(
+    ("terms", "expected"),
+    [
+        ([1.0, 2.0**-24], 1.0),  # the midpoint: ties to even
+        ([1.0, 2.0**-24, 2.0**-40], 1.0 + 2.0**-23),  # just above it
+    ],
+    ids=["tie", "above-tie"],
+)
+def test_a_sum_at_a_rounding_tie_is_not_proven_and_rounds_exactly(terms, expected):
+    # With log_target and y = 0 each term is exactly -x. 1 + 2**-24 is the midpoint between two
+    # float32 values: an error interval around a sum there rounds both ways, so the exact path
+    # decides.
+    x = -np.array(terms, np.float32)
+    y = np.zeros_like(x)
+    assert _bounded(x, y, True) is None
+    value, _, _ = cpu.reduce(x, y, True, 1, exact_state_needed=False)
+    exact = sum((Fraction(t) for t in terms), Fraction(0))
+    assert value == np.float32(expected) == round_to_float32(exact)
+
+
+def test_a_cancelling_sum_is_not_proven_and_comes_out_exact():
+    # (1e20 + 1) - 1e20 is 0 in float64 in any order that adds the 1 first to a 1e20.
+    x = np.array([-1e20, -1.0, 1e20], np.float32)
+    y = np.zeros(3, np.float32)
+    assert _bounded(x, y, True) is None
+    value, _, _ = cpu.reduce(x, y, True, 1, exact_state_needed=False)
+    assert value == np.float32(1.0)
+
+
+def test_a_zero_sum_keeps_its_positive_sign():
+    y = np.zeros(2, np.float32)
+    cancelling = np.array([-1.0, 1.0], np.float32)  # terms 1 and -1: both ends of the interval differ in sign
+    assert _bounded(cancelling, y, True) is None
+    all_zero = np.array([0.5, -3.0], np.float32)  # probability targets 0: every term is exactly 0
+    for x, log_target in ((cancelling, True), (all_zero, False)):
+        value, _, _ = cpu.reduce(x, y, log_target, 1, exact_state_needed=False)
+        assert value.tobytes() == np.float32(0.0).tobytes()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_terms_take_the_exact_path(bad):
+    x = np.array([-1.0, bad, 0.5], np.float32)
+    y = np.full(3, 0.5, np.float32)
+    assert _bounded(x, y, False) is None
+    (value, _, _), (exact_value, _, _) = fast_and_exact(x, y, False)
+    assert value.tobytes() == exact_value.tobytes()
+    expected = {np.nan: np.nan, np.inf: -np.inf, -np.inf: np.inf}[bad]
+    np.testing.assert_equal(float(value), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=200),
+    st.integers(min_value=1, max_value=5),
+)
+def test_property_fast_sum_is_correctly_rounded(values, divisor):
+    # Terms are exactly -x (log_target, y = 0), so the exact sum is known as a fraction.
+    x = np.array(values, np.float32)
+    y = np.zeros_like(x)
+    value, _, _ = cpu.reduce(x, y, True, divisor, exact_state_needed=False)
+    exact = sum((Fraction(-float(v)) for v in x), Fraction(0))
+    if divisor == 1:
+        expected = round_to_float32(exact)
+    else:  # the quotient of the correctly rounded float64 sum, rounded to float32
+        expected = np.float32(np.float64(float(exact)) / np.float64(divisor))
+    assert value.tobytes() == np.asarray(expected, np.float32).tobytes()
 
 
 # ---------------------------------------------------------------------------- serial vs parallel

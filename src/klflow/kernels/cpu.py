@@ -26,11 +26,13 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from klflow.kernels import exact_sum, formula
+from klflow.kernels import bounded_sum, exact_sum, formula
 from klflow.kernels.bits import f64_as_i64, f64_to_half_bits, half_bits_to_f32
+from klflow.kernels.bounded_sum import add_any_order
 from klflow.kernels.fastmath import exp64, log64, log64_normal, log64_positive
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
+assert BLOCK <= bounded_sum.BLOCK_LIMIT  # the bounded fast path sums a BLOCK at a time
 SERIAL_BELOW = 1 << 15  # elements under which a parallel launch costs more than it saves
 SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
 ABS_BITS = 0x7FFFFFFFFFFFFFFF  # clears the sign: the bits of |t| order like |t| (NaN above inf)
@@ -145,22 +147,36 @@ def _fill_terms(x, y, log_target, buffer, count):
 
 @njit(**_inline)
 def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
+    """``_fill_terms`` that also writes grad = coef × d element/d x. The stores share the term
+    loop here: as a loop of their own after it, streaming from memory ran 5 % slower (the
+    opposite of the bounded path's ``_block_sums``, measured both ways)."""
     largest = np.int64(0)
     if log_target:
         for i in range(count):
-            yi = widen(y[i])
             term = _term(x[i], y[i], True)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
-            grad[i] = narrow(grad, coef * _input_grad(yi, True))
+            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), True))
     else:
         for i in range(count):
-            yi = widen(y[i])
             term = _term(x[i], y[i], False)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
-            grad[i] = narrow(grad, coef * _input_grad(yi, False))
+            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
     return largest
+
+
+@njit(**_inline)
+def _fill_input_grad(y, log_target, coef, grad, count):
+    """grad = coef × d element/d x over a block whose targets were just read (in L1 now), for
+    ``_block_sums``: with these stores inside its term loop, streaming from memory ran 1.6× slower
+    per element."""
+    if log_target:
+        for i in range(count):
+            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), True))
+    else:
+        for i in range(count):
+            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
 
 
 @njit(**_inline)
@@ -202,6 +218,73 @@ def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
     buffer = np.empty(BLOCK, dtype=np.float64)
     sum_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state, buffer)
     return state
+
+
+@njit(**_inline)
+def _block_sums(x, y, log_target, coef, grad, with_grad, count):
+    """(the float64 sum of a block's terms in any order, the same of their magnitudes), and the
+    fused gradient. One loop per ``log_target`` value, so that each vectorises."""
+    total = 0.0
+    magnitude = 0.0
+    if log_target:
+        for i in range(count):
+            term = _term(x[i], y[i], True)
+            total = add_any_order(total, term)
+            magnitude = add_any_order(magnitude, abs(term))
+    else:
+        for i in range(count):
+            term = _term(x[i], y[i], False)
+            total = add_any_order(total, term)
+            magnitude = add_any_order(magnitude, abs(term))
+    if with_grad:
+        _fill_input_grad(y, log_target, coef, grad, count)
+    return total, magnitude
+
+
+@njit(**_jit)
+def _add_block_sum(state, total):
+    # A call, not inlined: add_float's early returns inside a prange body stop it running in
+    # parallel.
+    exact_sum.add_float(state, total)
+
+
+@njit(**_inline)
+def bounded_range(x, y, log_target, coef, grad, with_grad, lo, hi, state):
+    """One thread's share of the bounded fast path: add the float64 sum of each ``BLOCK`` of
+    elements ``lo:hi`` exactly into ``state`` and return the running total of their magnitude
+    sums (see :mod:`klflow.kernels.bounded_sum`)."""
+    magnitude_total = 0.0
+    for start in range(lo, hi, BLOCK):
+        stop = min(start + BLOCK, hi)
+        total, magnitude = _block_sums(
+            x[start:stop], y[start:stop], log_target, coef, grad[start:stop], with_grad, stop - start
+        )
+        _add_block_sum(state, total)
+        magnitude_total += magnitude
+    return magnitude_total
+
+
+@njit(parallel=True, **_jit)
+def _bounded_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
+    n = x.size
+    states = np.zeros((chunks, exact_sum.STATE_LEN), dtype=np.int64)
+    magnitudes = np.zeros(chunks)
+    per_chunk = (n + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        lo = min(chunk * per_chunk, n)
+        hi = min(lo + per_chunk, n)
+        magnitudes[chunk] = bounded_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk])
+    total = states[0].copy()
+    for chunk in range(1, chunks):
+        exact_sum.merge(total, states[chunk])
+    return total, magnitudes.sum()
+
+
+@njit(**_jit)
+def _bounded_kernel_serial(x, y, log_target, coef, grad, with_grad):
+    state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
+    magnitude_total = bounded_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state)
+    return state, magnitude_total
 
 
 @njit(parallel=True, **_jit)
@@ -386,10 +469,69 @@ def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
     return np.array(value, dtype=dtype)
 
 
+def bounded_value(
+    state: np.ndarray, magnitude_total: float, divisor: int, dtype: np.dtype
+) -> np.ndarray | None:
+    """``finish`` of the exact sum of the terms, where the bounded fast path proves it; else None.
+
+    ``state`` holds the exact sum of the block sums and ``magnitude_total`` their magnitudes'
+    running total (:mod:`klflow.kernels.bounded_sum`). ``finish`` is monotone in the value it
+    rounds, so if both ends of the error interval give the same bits, so does the exact sum
+    inside it. Bits are compared, not values: -0.0 and +0.0 must not pass for each other.
+    """
+    bound = bounded_sum.error_bound(magnitude_total)
+    if not math.isfinite(bound):  # a NaN or infinite term, or magnitudes beyond float64
+        return None
+    low, high = state.copy(), state.copy()
+    exact_sum.add_float(low, -bound)
+    exact_sum.add_float(high, bound)
+    low_value, high_value = finish(low, divisor, dtype), finish(high, divisor, dtype)
+    return low_value if low_value.tobytes() == high_value.tobytes() else None
+
+
+def _bounded_reduce(
+    x: np.ndarray, y: np.ndarray, log_target: bool, divisor: int, grad_coef: float | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the bounded fast path's value or None, the fused gradient or None) for contiguous inputs
+    in the same memory order; the gradient is complete either way."""
+    with_grad = grad_coef is not None
+    coef = float(grad_coef) if with_grad else 0.0
+    grad = np.empty_like(x) if with_grad else np.empty(0, dtype=x.dtype)
+    views = _kernel_view(x), _kernel_view(y), log_target, coef, _kernel_view(grad), with_grad
+    if x.size < SERIAL_BELOW:
+        state, magnitude_total = _bounded_kernel_serial(*views)
+    else:
+        state, magnitude_total = _bounded_kernel_parallel(*views, _chunks_for(x.size))
+    return bounded_value(state, magnitude_total, divisor, x.dtype), grad if with_grad else None
+
+
 def reduce(
-    x: np.ndarray, y: np.ndarray, log_target: bool, divisor: int, grad_coef: float | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(the sum ÷ divisor rounded to x's dtype, the exact-sum state, the fused gradient or None)."""
+    x: np.ndarray,
+    y: np.ndarray,
+    log_target: bool,
+    divisor: int,
+    grad_coef: float | None = None,
+    exact_state_needed: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(the sum ÷ divisor rounded to x's dtype, the exact-sum state, the fused gradient or None).
+
+    With ``exact_state_needed=False`` (a local loss: nothing combines its state with other ranks'),
+    float32 and float16 results of contiguous inputs come from the bounded fast path where it
+    proves them (:mod:`klflow.kernels.bounded_sum`), and the state returned is None; the value is
+    the same bits either way.
+    """
+    fast = (
+        not exact_state_needed
+        and x.size > 0
+        and x.dtype in (np.float32, np.float16)
+        and _same_memory_order(x, y)  # the gradient is allocated in the same order
+    )
+    if fast:
+        value, grad = _bounded_reduce(x, y, log_target, divisor, grad_coef)
+        if value is not None:
+            return value, None, grad
+        state, _ = reduce_sum(x, y, log_target)  # not proven: add every term exactly
+        return finish(state, divisor, x.dtype), state, grad
     state, grad = reduce_sum(x, y, log_target, grad_coef)
     return finish(state, divisor, x.dtype), state, grad
 

@@ -428,10 +428,17 @@ def _vectorisable(*arrays: Any) -> bool:
 
 
 def reduce(
-    x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
+    x: Any,
+    y: Any,
+    log_target: bool,
+    divisor: int,
+    grad_coef: float | None = None,
+    exact_state_needed: bool = True,
 ) -> tuple[Any, Any, Any]:
     """One launch: (the sum ÷ divisor as a 0-d array of x's dtype, the float64 total,
-    d loss/d x × grad_coef or None). All of it stays on the device; nothing synchronises."""
+    d loss/d x × grad_coef or None). All of it stays on the device; nothing synchronises.
+    ``exact_state_needed`` is accepted for the CPU backend's sake: the device total is turned
+    into an exact state only when asked (``exact_state``), so there is nothing to skip here."""
     _cuda()
     with_grad = grad_coef is not None
     n = x.size

@@ -99,9 +99,12 @@ def kl_div_local(
     reduction: str,
     log_target: bool,
     divisor_shape: tuple[int, ...] | None = None,
+    exact_state_needed: bool = True,
 ) -> tuple[Tensor, np.ndarray | None]:
     """The loss of local tensors. Returns the output and, for reduced modes, the backend's partial
     sum (an exact-sum state on the CPU; ``backend.exact_state`` turns any partial into one).
+    ``exact_state_needed=False`` lets the backend skip the state where it has a faster path to
+    the same value (the partial returned may then be None).
 
     ``divisor_shape`` is the logical shape used for ``mean``/``batchmean`` (a global tensor's
     component divides by the whole tensor's numel or batch size).
@@ -120,7 +123,12 @@ def kl_div_local(
         coef = 1.0 / divisor if divisor else float("nan")
         want_fused = record and input.requires_grad
         value, state, fused = backend.reduce(
-            input._data, target._data, log_target, divisor, coef if want_fused else None
+            input._data,
+            target._data,
+            log_target,
+            divisor,
+            coef if want_fused else None,
+            exact_state_needed=exact_state_needed,
         )
         out = Tensor(value, device=input.device)
     if record:
@@ -143,5 +151,5 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
         from klflow.distributed import loss as global_loss
 
         return global_loss.kl_div(input, target, reduction, log_target)
-    out, _ = kl_div_local(input, target, reduction, log_target)
+    out, _ = kl_div_local(input, target, reduction, log_target, exact_state_needed=False)
     return out
