@@ -92,6 +92,16 @@ def repeated_block_sum(x, y, grad, with_grad, repeats):
     return state
 
 
+@njit(cache=True)
+def repeated_bounded_sum(x, y, grad, with_grad, repeats):
+    """The same for the bounded fast path that float32 results take (``cpu.bounded_range``)."""
+    state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
+    magnitudes = 0.0
+    for _ in range(repeats):
+        magnitudes += cpu.bounded_range(x, y, False, 1.0, grad, with_grad, 0, x.size, state)
+    return magnitudes
+
+
 def ns_per_element(fn, elements: int) -> float:
     """Best of five timings of ``fn`` (which handles ``elements`` elements), in ns per element."""
     fn()
@@ -128,11 +138,17 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
         ),
         "NumPy float64 log (its SIMD loop)": ns_per_element(lambda: numpy_log(wide_y, out64), elements),
         "NumPy float32 log (its SIMD loop)": ns_per_element(lambda: numpy_log(y, out32), elements),
-        "klflow sum loop (terms + exact sum)": ns_per_element(
+        "klflow exact sum loop (terms + exact sum)": ns_per_element(
             lambda: repeated_block_sum(x, y, grad, False, repeats), elements
         ),
-        "klflow fwd+bwd loop (+ gradient)": ns_per_element(
+        "klflow exact fwd+bwd loop (+ gradient)": ns_per_element(
             lambda: repeated_block_sum(x, y, grad, True, repeats), elements
+        ),
+        "klflow bounded sum loop (float32 results)": ns_per_element(
+            lambda: repeated_bounded_sum(x, y, grad, False, repeats), elements
+        ),
+        "klflow bounded fwd+bwd loop": ns_per_element(
+            lambda: repeated_bounded_sum(x, y, grad, True, repeats), elements
         ),
     }
     allowed = read_floor_ms * 1e6 * threads / n

@@ -7,8 +7,10 @@ It launches the same program under ``mpiexec -n R`` with ``NUMBA_NUM_THREADS=T``
 Each run builds the same seeded data, splits it unevenly over its ranks, computes ``sum``, ``mean``
 and ``batchmean`` for float32 and float64, and prints the result's bit pattern. For contrast it
 also prints the textbook approach: each rank sums its part in float64 (``numpy.sum``) and the
-partial sums are all-reduced. The table shows one column per (ranks, threads); klflow's rows must
-hold one value each, and the script exits non-zero if they do not.
+partial sums are all-reduced, and rank 0 computes the same losses from the whole data as one local
+tensor (float32 results there take the bounded fast path). The table shows one column per (ranks,
+threads); klflow's rows must hold one value each, the local rows the global rows' value, and the
+script exits non-zero if they do not.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from mpi_worker import report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ", one local tensor"
 
 
 def bits(value: np.ndarray) -> str:
@@ -60,6 +63,15 @@ def worker(log2n: int) -> None:
         naive = comm.allreduce_sum(np.array([np.sum(terms)]))[0]
         results[f"numpy+allreduce {np.dtype(dtype).name} sum"] = bits(np.asarray(naive, dtype=np.float64))
     if rank == 0:
+        # The whole data as one local tensor on one process: float32 takes the bounded fast
+        # path there, which must give the global loss's bits.
+        for dtype in (np.float32, np.float64):
+            x = flow.from_numpy(x_full.astype(dtype))
+            y = flow.from_numpy(y_full.astype(dtype))
+            for reduction in ("sum", "mean", "batchmean"):
+                results[f"klflow {np.dtype(dtype).name} {reduction}{LOCAL}"] = bits(
+                    F.kl_div(x, y, reduction=reduction).numpy()
+                )
         report(results)
 
 
@@ -96,6 +108,9 @@ def main() -> int:
         if klflow_row and distinct != 1:
             failed = True
             verdict += "  <-- NOT REPRODUCIBLE"
+        if key.endswith(LOCAL) and set(row.values()) != set(table[key.removesuffix(LOCAL)].values()):
+            failed = True
+            verdict += "  <-- DIFFERS FROM THE GLOBAL LOSS"
         print(f"{key:<{width}}  " + "  ".join(f"{row[c]:>16}" for c in columns) + f"  {verdict}")
     return 1 if failed else 0
 
