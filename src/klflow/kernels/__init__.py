@@ -2,7 +2,8 @@
 
 :mod:`formula` holds the scalar formulas both targets compile; :mod:`fastmath` the vectorisable
 ``log``/``exp`` for the CPU; :mod:`exact_sum` the exact accumulator behind every reduction;
-:mod:`cpu` and :mod:`cuda` the kernels and their launchers.
+:mod:`bounded_sum` the proven error bound that lets float32/float16 results skip it where it
+cannot change them; :mod:`cpu` and :mod:`cuda` the kernels and their launchers.
 """
 
 from __future__ import annotations
