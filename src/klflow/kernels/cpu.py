@@ -114,6 +114,14 @@ def _term(x, y, log_target):
 
 
 @njit(**_inline)
+def _term_and_input_grad_log_target(x, y, coef):
+    """(the loss element, coef × d element/d x) for a log-probability target, sharing one exp."""
+    wide_y = widen(y)
+    exp_y = exp64(wide_y)
+    return kl_term_log_target(widen(x), wide_y, exp_y), coef * input_grad_log_target(exp_y)
+
+
+@njit(**_inline)
 def _input_grad(y, log_target):
     if log_target:
         return input_grad_log_target(exp64(y))
@@ -155,10 +163,10 @@ def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
     largest = np.int64(0)
     if log_target:
         for i in range(count):
-            term = _term(x[i], y[i], True)
+            term, grad_value = _term_and_input_grad_log_target(x[i], y[i], coef)
             buffer[i] = term
             largest = max(largest, f64_as_i64(term) & ABS_BITS)
-            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), True))
+            grad[i] = narrow(grad, grad_value)
     else:
         for i in range(count):
             term = _term(x[i], y[i], False)
@@ -169,16 +177,12 @@ def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
 
 
 @njit(**_inline)
-def _fill_input_grad(y, log_target, coef, grad, count):
-    """grad = coef × d element/d x over a block whose targets were just read (in L1 now), for
+def _fill_input_grad(y, coef, grad, count):
+    """grad = coef × d element/d x for probability targets over a block just read (in L1 now), for
     ``_block_sums``: with these stores inside its term loop, streaming from memory ran 1.6× slower
     per element."""
-    if log_target:
-        for i in range(count):
-            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), True))
-    else:
-        for i in range(count):
-            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
+    for i in range(count):
+        grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
 
 
 @njit(**_inline)
@@ -225,9 +229,18 @@ def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
 @njit(**_inline)
 def _block_sums(x, y, log_target, coef, grad, with_grad, count):
     """(the float64 sum of a block's terms in any order, the same of their magnitudes), and the
-    fused gradient. One loop per ``log_target`` value, so that each vectorises."""
+    fused gradient. One loop per case, so that each vectorises."""
     total = 0.0
     magnitude = 0.0
+    if log_target and with_grad:
+        # One loop: the term and the gradient share exp(y), which costs more than the stores
+        # (a separate gradient loop made this 1.8× slower).
+        for i in range(count):
+            term, grad_value = _term_and_input_grad_log_target(x[i], y[i], coef)
+            total = add_any_order(total, term)
+            magnitude = add_any_order(magnitude, abs(term))
+            grad[i] = narrow(grad, grad_value)
+        return total, magnitude
     if log_target:
         for i in range(count):
             term = _term(x[i], y[i], True)
@@ -239,7 +252,7 @@ def _block_sums(x, y, log_target, coef, grad, with_grad, count):
             total = add_any_order(total, term)
             magnitude = add_any_order(magnitude, abs(term))
     if with_grad:
-        _fill_input_grad(y, log_target, coef, grad, count)
+        _fill_input_grad(y, coef, grad, count)
     return total, magnitude
 
 
