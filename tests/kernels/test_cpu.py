@@ -308,9 +308,9 @@ def test_reduce_fast_path_gives_the_exact_paths_bits(n, divisor, with_grad, log_
         x, y, log_target, divisor, coef
     )
     assert value.tobytes() == exact_value.tobytes()
-    assert exact_state is not None
+    assert isinstance(exact_state, np.ndarray)
     if dtype == np.float64:
-        assert state is not None  # no float64 result can be proven: always the exact path
+        assert isinstance(state, np.ndarray)  # no float64 result can be proven: always the exact path
     if with_grad:
         np.testing.assert_array_equal(grad, exact_grad)
         ref_grad = input_grad(x, y, log_target, 1.0, coef)
@@ -320,10 +320,21 @@ def test_reduce_fast_path_gives_the_exact_paths_bits(n, divisor, with_grad, log_
     assert_close(value, np.float64(ref), dtype, bound=slack, what="fast sum")
 
 
-def test_reduce_fast_path_skips_the_state_when_it_proves_the_value():
+def test_reduce_fast_path_returns_its_partial_when_it_proves_the_value():
     x, y = make_pair((50_000,), np.float32, False, 80)
-    value, state, _ = cpu.reduce(x, y, False, 1, exact_state_needed=False)
-    assert state is None and value.dtype == np.float32
+    value, partial, _ = cpu.reduce(x, y, False, 1, exact_state_needed=False)
+    assert isinstance(partial, cpu.BoundedSum) and value.dtype == np.float32
+    # Its parts give the value again, and the exact state rounds to the same bits.
+    again = cpu.bounded_value(partial.state, partial.magnitude_total, 1, np.float32)
+    assert again.tobytes() == value.tobytes()
+    exact_state, _ = cpu.reduce_sum(x, y, False)
+    assert cpu.finish(exact_state, 1, np.float32).tobytes() == value.tobytes()
+
+
+def test_reduce_fast_path_returns_the_exact_state_when_not_proven():
+    x = -np.array([1.0, 2.0**-24], np.float32)  # a rounding tie (log_target, y = 0: terms are -x)
+    value, partial, _ = cpu.reduce(x, np.zeros_like(x), True, 1, exact_state_needed=False)
+    assert isinstance(partial, np.ndarray) and value == np.float32(1.0)
 
 
 @dtype_param

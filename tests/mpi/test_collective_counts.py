@@ -62,6 +62,19 @@ def test_split_loss_is_local_until_materialised_then_one_all_reduce(world):
     assert_everywhere(_data_calls() == {"allreduce": 1}, f"materialising: {_data_calls()}")
 
 
+def test_an_unprovable_float32_loss_takes_a_second_all_reduce(world):
+    # Terms 1 and 2**-24 (log_target with y = 0: each term is -x) sum to a float32 rounding tie:
+    # the bounded partials cannot decide it, and every rank all-reduces its exact state as well.
+    x_full = -np.array([1.0, 0.0, 2.0**-24, 0.0], np.float32)
+    x = as_global(x_full, flow.sbp.split(0))
+    y = as_global(np.zeros_like(x_full), flow.sbp.split(0))
+    loss = flow.nn.functional.kl_div(x, y, reduction="sum", log_target=True)
+    comm.reset_counts()
+    value = loss.item()
+    assert_everywhere(_data_calls() == {"allreduce": 2}, f"materialising: {_data_calls()}")
+    assert_everywhere(value == 1.0, f"{value!r}")
+
+
 def test_broadcast_loss_needs_no_communication(world):
     x = as_global(seeded((6, 3)), flow.sbp.broadcast)
     y = as_global(seeded((6, 3), positive=True, seed=2), flow.sbp.broadcast)

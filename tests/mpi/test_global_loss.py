@@ -34,7 +34,7 @@ def _reference_sum(x, y, log_target):
     return math.fsum(terms.ravel().tolist())
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("log_target", [False, True])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("sbp", LAYOUTS, ids=str)
@@ -147,3 +147,41 @@ def test_same_bits_for_any_rank_count_is_the_single_process_value(world):
     )
     single = F.kl_div(x_full, y_full, reduction="sum")
     assert_everywhere(out.numpy().tobytes() == single.numpy().tobytes())
+
+
+def _sum_of_terms(terms, reduction="sum"):
+    """The split(0) global loss whose terms are exactly ``terms`` (log_target with y = 0: each
+    term is -x)."""
+    x_full = -np.asarray(terms, np.float32)
+    y_full = np.zeros_like(x_full)
+    split = flow.sbp.split(0)
+    return F.kl_div(as_global(x_full, split), as_global(y_full, split), reduction=reduction, log_target=True)
+
+
+@pytest.mark.parametrize(
+    ("terms", "expected"),
+    [
+        ([1.0, 0.0, 2.0**-24, 0.0, 0.0], 1.0),  # 1 + 2**-24: a float32 tie, to even
+        ([1.0, 2.0**-40, 2.0**-24, 0.0, 0.0], 1.0 + 2.0**-23),  # just above the tie
+        ([1e20, 1.0, -1e20, 0.0, 0.0], 1.0),  # float64 block sums lose the 1
+        ([1.0, -1.0, 0.0, 0.0, 0.0], 0.0),  # an exact zero stays +0
+    ],
+    ids=["tie", "above-tie", "cancelling", "zero"],
+)
+def test_float32_sums_the_bound_cannot_prove_are_exact_on_every_rank(world, terms, expected):
+    # The bounded partials cannot decide these: every rank must fall back together (no hang)
+    # and agree on the correctly rounded sum.
+    got = _sum_of_terms(terms).numpy()
+    assert_everywhere(got.tobytes() == np.float32(expected).tobytes(), f"{got!r}, expected {expected!r}")
+
+
+def test_float32_mean_of_an_unprovable_sum_is_the_exact_quotient(world):
+    got = _sum_of_terms([1e20, 1.0, -1e20, 0.0, 0.0], reduction="mean").numpy()
+    assert_everywhere(got == np.float32(0.2), f"{got!r}")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_term_on_one_rank_gives_every_rank_the_same_result(world, bad):
+    got = _sum_of_terms([1.0, 2.0, bad, 4.0, 5.0]).numpy()
+    expected = np.float32(bad)  # the term itself: NaN, or +inf among finite terms
+    assert_everywhere(got.tobytes() == expected.tobytes(), f"{got!r}")

@@ -2,8 +2,10 @@
 
 Split inputs are computed where they live. A reduced loss is a ``partial_sum`` scalar whose
 components are the ranks' partial values (divided by the *logical* numel or batch size); it also
-carries each rank's exact-sum state, so materialising it all-reduces integers and gives the same
-bits whatever the number of ranks. ``none`` keeps the inputs' split. Broadcast inputs are
+carries each rank's exact partial sum, so materialising it all-reduces integers and gives the same
+bits whatever the number of ranks. On the CPU, float32 and float16 losses carry the bounded fast
+path's partial (:class:`BoundedPartial`) instead: one all-reduce still decides, and a sum the
+bound cannot prove takes a second one of exact states. ``none`` keeps the inputs' split. Broadcast inputs are
 computed redundantly on every rank with no communication; partial-sum inputs are first boxed to
 broadcast (the loss is not linear in its inputs).
 
@@ -17,6 +19,8 @@ broadcast (the loss is not linear in its inputs).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +51,70 @@ class ExactPartial:
         exact_sum.normalize(local)  # digits below 2**32: a sum over any rank count cannot overflow
         total = comm.allreduce_sum(local)
         return cpu_kernels.finish(total, self.divisor, self.dtype.numpy)
+
+
+@dataclass
+class BoundedPartial:
+    """A rank's partial sum of a float32/float16 loss on the CPU from the bounded fast path
+    (:mod:`klflow.kernels.bounded_sum`): the exact sum of its float64 block sums and their
+    magnitudes' total.
+
+    Materialising it is one integer all-reduce of both, after which every rank holds the same
+    totals and takes the same decision: the value where the error bound proves it (the exact
+    path's bits), else every rank computes its exact state (``exact_state``) and a second
+    all-reduce gives the exact result. ``exact_state`` keeps this rank's input components for
+    that, as the backward pass does.
+    """
+
+    state: np.ndarray
+    magnitude_total: float
+    divisor: int
+    dtype: dtypes.dtype
+    exact_state: Callable[[], np.ndarray]
+
+    def materialize(self, index: int | None) -> np.ndarray:
+        half = exact_sum.STATE_LEN
+        local = np.concatenate([self.state, exact_sum.new_state()])
+        exact_sum.add_float(local[half:], self.magnitude_total)  # exact; NaN/inf go to counters
+        exact_sum.normalize(local[:half])  # digits below 2**32: any rank count sums safely
+        exact_sum.normalize(local[half:])
+        total = comm.allreduce_sum(local)
+        magnitude_total = exact_sum.to_float64(total[half:])
+        value = cpu_kernels.bounded_value(total[:half], magnitude_total, self.divisor, self.dtype.numpy)
+        if value is not None:
+            return value
+        return ExactPartial(self.exact_state(), self.divisor, self.dtype).materialize(index)
+
+
+def _uses_bounded_sum(input: Tensor) -> bool:
+    """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
+    (the dtype and the placement's device type are global)."""
+    return backend_for(input) is cpu_kernels and input.dtype.numpy in (np.float32, np.float16)
+
+
+def _partial_record(
+    state: np.ndarray | cpu_kernels.BoundedSum | None,
+    input: Tensor,
+    target: Tensor,
+    log_target: bool,
+    divisor: int,
+) -> ExactPartial | BoundedPartial:
+    """The record that materialises a reduced loss; ``state`` is this rank's partial sum (None
+    where the rank holds no component). Every rank of a loss builds the same kind."""
+    if not _uses_bounded_sum(input):
+        local = exact_sum.new_state() if state is None else backend_for(input).exact_state(state)
+        return ExactPartial(local, divisor, input.dtype)
+    if isinstance(state, cpu_kernels.BoundedSum):
+        x, y = input._data, target._data
+
+        @functools.cache
+        def exact_state() -> np.ndarray:
+            return cpu_kernels.reduce_sum(x, y, log_target)[0]
+
+        return BoundedPartial(state.state, state.magnitude_total, divisor, input.dtype, exact_state)
+    # An exact state already (or nothing): its block sum is exact, with no error to bound.
+    local = exact_sum.new_state() if state is None else state
+    return BoundedPartial(local, 0.0, divisor, input.dtype, lambda: local)
 
 
 class GlobalLossNode(graph.Node):
@@ -102,19 +170,24 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
     if index is None:
         out_local = np.empty((0,), dtype=input.dtype.numpy)
         if reduction != "none" and scalar_sbp.is_partial_sum:
-            exact = ExactPartial(exact_sum.new_state(), reduction_divisor(reduction, spec.shape), input.dtype)
+            divisor = reduction_divisor(reduction, spec.shape)
+            exact = _partial_record(None, input, target, log_target, divisor)
         out = make_global(out_local, out_spec, exact)
     else:
         local_input = Tensor(input._data, device=input.device, requires_grad=input.requires_grad)
         local_target = Tensor(target._data, device=target.device, requires_grad=target.requires_grad)
         result, state = kl_div_local(
-            local_input, local_target, reduction, log_target, divisor_shape=spec.shape
+            local_input,
+            local_target,
+            reduction,
+            log_target,
+            divisor_shape=spec.shape,
+            exact_state_needed=not _uses_bounded_sum(input),
         )
         local_node = result.grad_fn
         if reduction != "none" and scalar_sbp.is_partial_sum:
-            exact = ExactPartial(
-                backend_for(input).exact_state(state), reduction_divisor(reduction, spec.shape), input.dtype
-            )
+            divisor = reduction_divisor(reduction, spec.shape)
+            exact = _partial_record(state, input, target, log_target, divisor)
         out = Tensor(result._data, device=result.device, global_info=out_spec)
         out._exact = exact
     if record:

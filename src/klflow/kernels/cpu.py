@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -504,11 +505,21 @@ def bounded_value(
     return low_value if low_value.tobytes() == high_value.tobytes() else None
 
 
+@dataclass(frozen=True)
+class BoundedSum:
+    """The bounded fast path's partial sum: ``state`` holds the exact sum of the float64 block
+    sums, ``magnitude_total`` the running total of their magnitude sums. Partials of several
+    ranks combine by adding both; :func:`bounded_value` then decides (or the exact path runs)."""
+
+    state: np.ndarray
+    magnitude_total: float
+
+
 def _bounded_reduce(
-    x: np.ndarray, y: np.ndarray, log_target: bool, divisor: int, grad_coef: float | None
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(the bounded fast path's value or None, the fused gradient or None) for contiguous inputs
-    in the same memory order; the gradient is complete either way."""
+    x: np.ndarray, y: np.ndarray, log_target: bool, grad_coef: float | None
+) -> tuple[BoundedSum, np.ndarray | None]:
+    """(the bounded fast path's partial sum, the fused gradient or None) for inputs in the same
+    memory order."""
     with_grad = grad_coef is not None
     coef = float(grad_coef) if with_grad else 0.0
     grad = np.empty_like(x) if with_grad else np.empty(0, dtype=x.dtype)
@@ -517,7 +528,7 @@ def _bounded_reduce(
         state, magnitude_total = _bounded_kernel_serial(*views)
     else:
         state, magnitude_total = _bounded_kernel_parallel(*views, _chunks_for(x.size))
-    return bounded_value(state, magnitude_total, divisor, x.dtype), grad if with_grad else None
+    return BoundedSum(state, float(magnitude_total)), grad if with_grad else None
 
 
 def reduce(
@@ -527,13 +538,13 @@ def reduce(
     divisor: int,
     grad_coef: float | None = None,
     exact_state_needed: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(the sum ÷ divisor rounded to x's dtype, the exact-sum state, the fused gradient or None).
+) -> tuple[np.ndarray, np.ndarray | BoundedSum, np.ndarray | None]:
+    """(the sum ÷ divisor rounded to x's dtype, the partial sum, the fused gradient or None).
 
-    With ``exact_state_needed=False`` (a local loss: nothing combines its state with other ranks'),
-    float32 and float16 results of contiguous inputs come from the bounded fast path where it
-    proves them (:mod:`klflow.kernels.bounded_sum`), and the state returned is None; the value is
-    the same bits either way.
+    The partial sum is the exact-sum state. With ``exact_state_needed=False``, float32 and float16
+    results of non-empty inputs in one memory order come from the bounded fast path
+    (:mod:`klflow.kernels.bounded_sum`) where it proves them, and the partial is then its
+    :class:`BoundedSum`; the value is the same bits either way.
     """
     fast = (
         not exact_state_needed
@@ -542,9 +553,10 @@ def reduce(
         and _same_memory_order(x, y)  # the gradient is allocated in the same order
     )
     if fast:
-        value, grad = _bounded_reduce(x, y, log_target, divisor, grad_coef)
+        partial, grad = _bounded_reduce(x, y, log_target, grad_coef)
+        value = bounded_value(partial.state, partial.magnitude_total, divisor, x.dtype)
         if value is not None:
-            return value, None, grad
+            return value, partial, grad
         state, _ = reduce_sum(x, y, log_target)  # not proven: add every term exactly
         return finish(state, divisor, x.dtype), state, grad
     state, grad = reduce_sum(x, y, log_target, grad_coef)
