@@ -6,7 +6,7 @@
 For each size (elements per rank, float32) every rank times the local loss on its own data
 (``kl_div`` on local tensors, ``sum``) and the global loss over split tensors materialised on
 every rank (``kl_div(...).item()``: the SPMD metadata check, the local kernel, and one all-reduce of
-the exact-sum states). The difference is the communication overhead. It also times the
+the partial sums: for float32, the bounded fast path's block-sum state and magnitude total). The difference is the communication overhead. It also times the
 all-reduce of one exact-sum state and of one float64 scalar. Ranks are synchronised with a
 barrier-like all-reduce before each timed call; the slowest rank's time is reported.
 """
