@@ -63,7 +63,8 @@ class BoundedPartial:
     totals and takes the same decision: the value where the error bound proves it (the exact
     path's bits), else every rank computes its exact state (``exact_state``) and a second
     all-reduce gives the exact result. ``exact_state`` keeps this rank's input components for
-    that, as the backward pass does.
+    that, as the backward pass does: modifying them in place before the loss is materialised
+    changes that recomputation, as it changes the gradient.
     """
 
     state: np.ndarray
