@@ -90,7 +90,7 @@ class BoundedPartial:
 def _uses_bounded_sum(input: Tensor) -> bool:
     """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
     (the dtype and the placement's device type are global)."""
-    return backend_for(input) is cpu_kernels and input.dtype.numpy in (np.float32, np.float16)
+    return backend_for(input) is cpu_kernels and input.dtype.numpy in cpu_kernels.BOUNDED_DTYPES
 
 
 def _partial_record(

@@ -100,11 +100,11 @@ def kl_div_local(
     log_target: bool,
     divisor_shape: tuple[int, ...] | None = None,
     exact_state_needed: bool = True,
-) -> tuple[Tensor, np.ndarray | None]:
+) -> tuple[Tensor, Any]:
     """The loss of local tensors. Returns the output and, for reduced modes, the backend's partial
-    sum (an exact-sum state on the CPU; ``backend.exact_state`` turns any partial into one).
-    ``exact_state_needed=False`` lets the backend skip the state where it has a faster path to
-    the same value (the partial returned may then be None).
+    sum (an exact-sum state on the CPU; ``backend.exact_state`` turns a device total into one).
+    ``exact_state_needed=False`` lets the backend take a faster path to the same value, whose
+    partial may then be of its own kind (``cpu.BoundedSum``); ``none`` returns no partial.
 
     ``divisor_shape`` is the logical shape used for ``mean``/``batchmean`` (a global tensor's
     component divides by the whole tensor's numel or batch size).
