@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from data import make_pair
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import (
     EPS64,
@@ -275,8 +275,15 @@ def test_reduce_sum_counts_nan_and_infinities():
 
 
 # ---------------------------------------------------------------------------- reduce: bounded fast path
+# IEEE 754 round-to-nearest overflows at FLT_MAX + half an ulp (2**128 - 2**103): a tie there goes
+# to the "even" neighbour 2**128, which is out of range, so the result is infinite (§4.3.1, §7.4).
+FLOAT32_OVERFLOW_THRESHOLD = Fraction(2**128 - 2**103)
+
+
 def round_to_float32(value: Fraction) -> np.float32:
     """``value`` correctly rounded to float32 (nearest, ties to even), by comparing fractions."""
+    if abs(value) >= FLOAT32_OVERFLOW_THRESHOLD:
+        return np.float32(np.inf if value > 0 else -np.inf)
     candidate = np.float32(float(value))
     neighbours = [np.nextafter(candidate, np.float32(-np.inf)), candidate]
     neighbours.append(np.nextafter(candidate, np.float32(np.inf)))
@@ -294,6 +301,14 @@ def test_round_to_float32_helper_ties_to_even():
     assert round_to_float32(Fraction(1) + Fraction(1, 2**24)) == np.float32(1.0)
     assert round_to_float32(Fraction(1) + Fraction(3, 2**24)) == np.float32(1.0 + 2.0**-22)
     assert round_to_float32(Fraction(1, 3)) == np.float32(1 / 3)
+
+
+def test_round_to_float32_helper_overflows_at_the_ieee_threshold():
+    flt_max = np.finfo(np.float32).max
+    assert round_to_float32(Fraction(2**128 - 2**103)) == np.float32(np.inf)
+    assert round_to_float32(-Fraction(2**128 - 2**103)) == np.float32(-np.inf)
+    assert round_to_float32(Fraction(2**128 - 2**103) - 1) == flt_max
+    assert round_to_float32(Fraction(int(flt_max))) == flt_max
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -407,6 +422,8 @@ def test_non_finite_terms_take_the_exact_path(bad):
     st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=200),
     st.integers(min_value=1, max_value=5),
 )
+# Exact sum -(2**128 - 2**103): exactly the float32 overflow threshold, which rounds to -inf.
+@example([-1.1342743873830482e38, -1.1342745902071442e38, -1.1342745902071442e38], 1)
 def test_property_fast_sum_is_correctly_rounded(values, divisor):
     # Terms are exactly -x (log_target, y = 0), so the exact sum is known as a fraction.
     x = np.array(values, np.float32)
