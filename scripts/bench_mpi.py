@@ -43,12 +43,12 @@ def worker(args: argparse.Namespace) -> None:
         fn()
         samples = []
         for _ in range(reps):
-            comm.allreduce_sum(sync)  # line the ranks up
+            comm.allreduce_sum(sync, call="bench: line the ranks up")  # line the ranks up
             start = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - start)
         mine = statistics.median(samples) * 1e3
-        return max(comm.allgather_metadata(mine))
+        return max(comm.allgather_objects(mine, call="bench: the slowest rank"))
 
     def paired_ms(local_fn, global_fn, reps: int) -> tuple[float, float, float]:
         """Medians of the two, and of their per-pair difference (alternating cancels drift)."""
@@ -57,11 +57,11 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(reps):
             times = []
             for fn in (local_fn, global_fn):
-                comm.allreduce_sum(sync)
+                comm.allreduce_sum(sync, call="bench: line the ranks up")
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
-            times = max(comm.allgather_metadata(tuple(times)))  # the slowest rank's pair
+            times = max(comm.allgather_objects(tuple(times), call="bench: the slowest rank"))  # the slowest rank's pair
             pairs.append(times)
         local = statistics.median(p[0] for p in pairs) * 1e3
         global_ = statistics.median(p[1] for p in pairs) * 1e3
@@ -87,8 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     state = exact_sum.new_state()
     scalar = np.ones(1)
     latency = {
-        "state_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(state), 200) * 1e3,
-        "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar), 200) * 1e3,
+        "state_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(state, call="bench: state"), 200) * 1e3,
+        "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar, call="bench: scalar"), 200) * 1e3,
     }
     if rank == 0:
         result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}

@@ -112,7 +112,7 @@ def wrap_interface(obj: Any) -> Any:
 
 def to_device(host: np.ndarray, device: Device) -> Any:
     cuda = _select(device)
-    return cuda.to_device(np.ascontiguousarray(host))
+    return cuda.to_device(np.asarray(host, order="C"))  # keeps 0-d arrays 0-d
 
 
 def to_host(array: Any) -> np.ndarray:

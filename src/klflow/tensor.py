@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,12 @@ from klflow.device import device as Device
 if TYPE_CHECKING:
     from klflow.distributed.placement import placement as Placement
     from klflow.distributed.sbp import SbpParallel
+
+
+# Global tensors are numbered in the order a rank creates them. SPMD programs create them in the
+# same order on every rank, so the number identifies "the same tensor" across ranks in the
+# agreement that precedes each collective (a different number there is a diverged program).
+_global_ids = itertools.count(1)
 
 
 class Size(tuple):
@@ -54,6 +61,7 @@ class Tensor:
         self._device = device
         self._dtype = dtypes.from_numpy_dtype(data.dtype)
         self._global = global_info
+        self._global_id = next(_global_ids) if global_info is not None else None
         self._exact = None  # exact-sum record of a partial-sum loss (see distributed.loss)
         self._fill_value = None  # set when every element is known to be this value (a seed)
         self.grad_fn = grad_fn
@@ -133,22 +141,33 @@ class Tensor:
         """Accumulate d(self)/d(leaf) × ``gradient`` into the ``.grad`` of every leaf.
 
         ``gradient`` may be omitted for a one-element tensor (it is then 1; for a global
-        partial-sum scalar, a *logical* 1). Without ``retain_graph`` the graph is freed.
+        partial-sum scalar, a *logical* 1). Without ``retain_graph`` the graph is freed. A
+        backward pass through global tensors is collective: every rank must call it, on the
+        same graph (checked before any data moves).
         """
-        if not self.requires_grad:
-            raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
-        if gradient is None:
-            if self.numel() != 1:
-                raise RuntimeError(
-                    f"grad can be implicitly created only for scalar outputs; this tensor has "
-                    f"shape {list(self.shape)}: pass gradient= with that shape"
-                )
-            from klflow import conversion
+        problem: Exception | None = None
+        seed = None
+        try:
+            if not self.requires_grad:
+                raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+            if gradient is None:
+                if self.numel() != 1:
+                    raise RuntimeError(
+                        f"grad can be implicitly created only for scalar outputs; this tensor has "
+                        f"shape {list(self.shape)}: pass gradient= with that shape"
+                    )
+                from klflow import conversion
 
-            seed = conversion.gradient_seed(self)
-        else:
-            seed = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
-            seed = _match_gradient(self, seed)
+                seed = conversion.gradient_seed(self)
+            else:
+                seed = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
+                seed = _match_gradient(self, seed)
+        except Exception as err:
+            problem = err
+        if graph.communicates(self):
+            graph.agree_on_backward(self, gradient is not None, retain_graph, problem)
+        elif problem is not None:
+            raise problem
         graph.run_backward(self, seed, retain_graph)
 
     def _accumulate_grad(self, grad: Tensor) -> None:
@@ -158,10 +177,15 @@ class Tensor:
     # ----------------------------------------------------------------- data access
     def numpy(self) -> np.ndarray:
         """The value as a NumPy array (shares memory for a local CPU tensor; collective if global)."""
+        return self._value("numpy()")
+
+    def _value(self, method: str) -> np.ndarray:
+        """The (logical) value on the host; ``method`` names the caller in a global tensor's
+        agreement, which every rank must reach with the same call."""
         if self._global is not None:
             from klflow.distributed import api
 
-            return api.materialize(self)
+            return api.materialize(self, method)
         if self.is_cuda:
             from klflow import cuda
 
@@ -171,13 +195,13 @@ class Tensor:
     def item(self) -> float:
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
-        return float(self.numpy().reshape(()))
+        return float(self._value("item()").reshape(()))
 
     def tolist(self) -> Any:
-        return self.numpy().tolist()
+        return self._value("tolist()").tolist()
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        values = self.numpy()
+        values = self._value("__array__()")
         if dtype is not None:
             values = values.astype(dtype, copy=False)
         if copy:
@@ -297,7 +321,7 @@ class Tensor:
             placement = repr(self._global.placement)
             sbp = "(" + "".join(f"{s!r}," for s in self._global.sbp) + ")"
         return printing.tensor_repr(
-            np.asarray(self.numpy()),
+            np.asarray(self._value("repr()")),
             dtype_name=repr(self._dtype),
             device=str(self._device) if self.is_cuda and self._global is None else None,
             placement=placement,

@@ -36,7 +36,7 @@ def test_every_edge_keeps_the_logical_value(world, source, target, dtype):
     assert_everywhere(tuple(y.shape) == full.shape, f"shape {y.shape}")
     local = y.to_local().numpy()
     if SBPS[target].is_partial_sum:
-        total = comm.allreduce_sum(local.astype(np.float64))
+        total = comm.allreduce_sum(local.astype(np.float64), call="test: the sum of the components")
         ok = np.array_equal(total.astype(dtype), full)
     else:
         ok = np.array_equal(local, _expected_local(full, SBPS[target], rank, size))

@@ -19,14 +19,14 @@ def _data_calls():
 def _count(action):
     comm.reset_counts()
     action()
-    return _data_calls(), comm.collective_counts["allgather_metadata"]
+    return _data_calls(), comm.collective_counts["agreement"]
 
 
 def test_broadcast_to_split_moves_no_data(world, monkeypatch):
     x = as_global(seeded((9, 2)), flow.sbp.broadcast)
     calls, metadata = _count(lambda: x.to_global(sbp=flow.sbp.split(0)))
     assert_everywhere(calls == {}, f"{calls}")
-    assert_everywhere(metadata == 1, f"{metadata} metadata exchanges")
+    assert_everywhere(metadata == 1, f"{metadata} agreements")
     monkeypatch.setenv("KLFLOW_CHECK_SPMD", "0")
     calls, metadata = _count(lambda: x.to_global(sbp=flow.sbp.split(0)))
     assert_everywhere(calls == {} and metadata == 0, f"{calls}, {metadata}")

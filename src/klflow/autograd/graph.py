@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from klflow.tensor import Tensor
@@ -60,6 +60,7 @@ class Node:
     """
 
     op_name = "node"
+    is_global = False  # True for nodes whose backward communicates (global tensors)
 
     def __init__(self, inputs: Sequence[Tensor | None]) -> None:
         self.inputs: tuple[Tensor | None, ...] = tuple(inputs)
@@ -85,6 +86,10 @@ class Node:
     def release(self) -> None:
         self.released = True
 
+    def signature(self) -> str:
+        """What the backward agreement compares across ranks (global nodes add their layout)."""
+        return self.name()
+
 
 def _topological_order(root: Node) -> list[Node]:
     order: list[Node] = []
@@ -106,6 +111,51 @@ def _topological_order(root: Node) -> list[Node]:
     return order
 
 
+_collective_backward: Callable[..., None] | None = None
+
+
+def set_collective_backward(check: Callable[..., None]) -> None:
+    """Register the agreement that precedes a backward pass through global tensors (set by
+    :mod:`klflow.distributed.api`, which this module must not import)."""
+    global _collective_backward
+    _collective_backward = check
+
+
+def _released_problem() -> RuntimeError:
+    return RuntimeError(
+        "Trying to backward through the graph a second time (or directly access saved "
+        "tensors after they have already been freed). Specify retain_graph=True on the "
+        "first backward() call if you need to backward through the graph again."
+    )
+
+
+def communicates(root: Tensor) -> bool:
+    """Whether a backward pass from ``root`` runs collectives (its graph holds global tensors)."""
+    if root._global is not None:
+        return True
+    return root.grad_fn is not None and any(node.is_global for node in _topological_order(root.grad_fn))
+
+
+def signature(root: Tensor) -> str:
+    """The graph behind ``root`` as the backward agreement compares it: every node in the order
+    the engine runs them. Raises if the graph was already freed."""
+    if root.grad_fn is None:
+        return "a leaf"
+    order = _topological_order(root.grad_fn)
+    if any(node.released for node in order):
+        raise _released_problem()
+    return " <- ".join(node.signature() for node in order)
+
+
+def agree_on_backward(root: Tensor, gradient_given: bool, retain_graph: bool, problem: Any) -> None:
+    """Run the registered backward agreement (every rank the same graph, or the same error)."""
+    if _collective_backward is None:  # no global tensor was ever made in this process
+        if problem is not None:
+            raise problem
+        return
+    _collective_backward(root, gradient_given, retain_graph, problem)
+
+
 def run_backward(root: Tensor, grad: Tensor, retain_graph: bool) -> None:
     """Propagate ``grad`` (d loss / d root) to every leaf reachable from ``root``."""
     from klflow.tensor import accumulate
@@ -120,11 +170,7 @@ def run_backward(root: Tensor, grad: Tensor, retain_graph: bool) -> None:
         if grad_output is None:
             continue
         if node.released:
-            raise RuntimeError(
-                "Trying to backward through the graph a second time (or directly access saved "
-                "tensors after they have already been freed). Specify retain_graph=True on the "
-                "first backward() call if you need to backward through the graph again."
-            )
+            raise _released_problem()
         with no_grad():
             input_grads = node.backward(grad_output)
         if not retain_graph:

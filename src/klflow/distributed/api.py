@@ -68,6 +68,12 @@ def make_global(local_host: np.ndarray, spec: GlobalSpec, exact: Any = None) -> 
     return out
 
 
+def describe(t: Tensor) -> str:
+    """A global tensor as agreements and errors name it: its number in the program order (the
+    same on every rank of an SPMD program), layout and dtype."""
+    return f"tensor #{t._global_id} ({t._global.describe()}, {t.dtype})"
+
+
 # ----------------------------------------------------------------- validation
 def _check_placement(placement: Any) -> Placement:
     if not isinstance(placement, Placement):
@@ -102,6 +108,10 @@ def _agreement_problem(rows: list[tuple], placement: Placement, sbp: sbp_module.
         return "the ranks asked for different placements/SBPs: " + ", ".join(
             f"rank {r}: {row[2]}, {row[3]}" for r, row in enumerate(rows)
         )
+    if len({row[4] for row in rows}) > 1:
+        return "requires_grad differs between the ranks' local tensors (the backward pass would " + (
+            "communicate on some ranks only): " + ", ".join(f"rank {r}: {row[4]}" for r, row in enumerate(rows))
+        )
     members = [(r, rows[r]) for r in placement.ranks]
     dtype_names = {row[1] for _, row in members}
     if len(dtype_names) > 1:
@@ -126,7 +136,18 @@ def _agreement_problem(rows: list[tuple], placement: Placement, sbp: sbp_module.
 
 
 # ----------------------------------------------------------------- gradients
-class LocalToGlobalNode(graph.Node):
+class _GlobalNode(graph.Node):
+    """A node whose backward communicates: its layout is part of the backward agreement."""
+
+    is_global = True
+    spec: GlobalSpec
+
+    def signature(self) -> str:
+        flags = "".join("1" if self.needs_input_grad(i) else "0" for i in range(len(self.inputs)))
+        return f"{self.name()}[{self.spec.describe()}, grads {flags}]"
+
+
+class LocalToGlobalNode(_GlobalNode):
     """Gradient of local → global: this rank's component of the gradient (whole for B and P)."""
 
     op_name = "local_to_global"
@@ -136,11 +157,11 @@ class LocalToGlobalNode(graph.Node):
         self.spec = spec
 
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad = box(grad_output, gradient_spec(self.spec))
+        grad = box(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}")
         return (Tensor(grad._data, device=grad.device),)
 
 
-class GlobalToLocalNode(graph.Node):
+class GlobalToLocalNode(_GlobalNode):
     """Gradient of global → local: the ranks' local gradients as components of the global one."""
 
     op_name = "global_to_local"
@@ -155,10 +176,10 @@ class GlobalToLocalNode(graph.Node):
             # Each rank used the whole value: the gradient is the sum of the ranks' gradients.
             spec = GlobalSpec(spec.placement, (sbp_module.partial_sum,), spec.shape)
         grad = make_global(_host(grad_output), spec)
-        return (box(grad, gradient_spec(self.spec)),)
+        return (box(grad, gradient_spec(self.spec), f"backward() through {self.name()}"),)
 
 
-class BoxingNode(graph.Node):
+class BoxingNode(_GlobalNode):
     """Gradient of a redistribution: the gradient boxed back to the source's layout."""
 
     op_name = "global_to_global"
@@ -168,7 +189,7 @@ class BoxingNode(graph.Node):
         self.spec = source._global
 
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        return (box(grad_output, gradient_spec(self.spec)),)
+        return (box(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}"),)
 
 
 def gradient_spec(spec: GlobalSpec) -> GlobalSpec:
@@ -179,54 +200,54 @@ def gradient_spec(spec: GlobalSpec) -> GlobalSpec:
 
 
 # ----------------------------------------------------------------- public operations
-def box(t: Tensor, spec: GlobalSpec) -> Tensor:
-    """``t`` redistributed to ``spec`` (no autograd recording; t itself if nothing changes)."""
+def box(t: Tensor, spec: GlobalSpec, reason: str) -> Tensor:
+    """``t`` redistributed to ``spec`` (no autograd recording; t itself if nothing changes).
+    ``reason`` names the operation in the agreement before any data moves."""
     if t._global == spec:
         return t
-    local = boxing.redistribute(_host(t), t._global, spec, t._exact)
+    call = f"{reason} [{describe(t)} → {spec.describe()}]"
+    local = boxing.redistribute(_host(t), t._global, spec, call, t._exact)
     return make_global(local, spec)
 
 
 def to_global(t: Tensor, placement: Any = None, sbp: Any = None, **kwargs: Any) -> Tensor:
+    problem: Exception | None = None
     kwargs.pop("grad_sbp", None)
     kwargs.pop("check_meta", None)
     if kwargs:
-        raise TypeError(f"to_global() got unexpected keyword arguments {sorted(kwargs)}")
+        problem = TypeError(f"to_global() got unexpected keyword arguments {sorted(kwargs)}")
     if t._global is None:
-        return _local_to_global(t, placement, sbp)
-    return _global_to_global(t, placement, sbp)
+        return _local_to_global(t, placement, sbp, problem)
+    return _global_to_global(t, placement, sbp, problem)
 
 
-def _parse_arguments(
-    placement: Any, sbp: Any
-) -> tuple[Placement, tuple, None] | tuple[None, None, Exception]:
-    """(placement, signature, None), or (None, None, the error) for arguments klflow refuses."""
+def _parse_arguments(placement: Any, sbp: Any) -> tuple[Placement, tuple]:
+    return _check_placement(placement), sbp_module.as_signature(sbp)
+
+
+def _local_to_global(t: Tensor, placement: Any, sbp: Any, problem: Exception | None) -> Tensor:
+    signature = None
+    local_problem = None
     try:
-        return _check_placement(placement), sbp_module.as_signature(sbp), None
-    except (TypeError, ValueError) as err:
-        return None, None, err
-
-
-def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
-    if placement is None or sbp is None:
-        placement, signature, error = (
-            None,
-            None,
-            ValueError("converting a local tensor to global needs both placement= and sbp="),
-        )
-    else:
-        placement, signature, error = _parse_arguments(placement, sbp)
-    index = _my_index(placement) if placement is not None else None
-    problem = _local_problem(t, placement, signature[0]) if index is not None else None
+        if problem is not None:
+            raise problem
+        if placement is None or sbp is None:
+            raise ValueError("converting a local tensor to global needs both placement= and sbp=")
+        placement, signature = _parse_arguments(placement, sbp)
+        index = _my_index(placement)
+        local_problem = _local_problem(t, placement, signature[0]) if index is not None else None
+    except Exception as err:  # any class: reported to every rank by the exchange below
+        problem = err
     # One exchange carries both the argument errors and the metadata the layout checks need, so
     # that a rank with bad arguments does not raise alone and leave the others waiting.
-    row = (tuple(t.shape), t.dtype.name, repr(placement), repr(signature), comm.describe(error), problem)
-    rows = comm.allgather_metadata(row)
-    comm.raise_found([rw[4] for rw in rows], "to_global() failed")
+    row = (tuple(t.shape), t.dtype.name, repr(placement), repr(signature), t.requires_grad, local_problem)
+    rows = comm.allgather_objects(
+        row, call="to_global() of a local tensor", problem=problem, context="to_global()"
+    )
     problems = [f"rank {r}: {rw[5]}" for r, rw in enumerate(rows) if rw[5] is not None]
-    problem = "; ".join(problems) if problems else _agreement_problem(rows, placement, signature[0])
-    if problem is not None:
-        raise ValueError(f"to_global({placement!r}, {signature!r}) failed: {problem}")
+    found = "; ".join(problems) if problems else _agreement_problem(rows, placement, signature[0])
+    if found is not None:
+        raise ValueError(f"to_global({placement!r}, {signature!r}) failed: {found}")
     first = rows[placement.ranks[0]]
     dtype = dtypes.resolve(first[1])
     kind = signature[0]
@@ -241,9 +262,8 @@ def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
     if kind.is_broadcast and len(placement) > 1:
         # The value is the first rank's data: every component becomes a copy of it.
         root = placement.ranks[0]
-        data = comm.broadcast_from(
-            _host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy
-        )
+        with comm.collective(f"to_global() of a local tensor: broadcast from rank {root}, {spec.describe()}") as c:
+            data = c.broadcast_from(_host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy)
         out = make_global(data if index is not None else np.empty((0,), dtype=dtype.numpy), spec)
     elif index is None:
         out = make_global(np.empty((0,), dtype=dtype.numpy), spec)
@@ -255,36 +275,42 @@ def _local_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
     return out
 
 
-def _global_to_global(t: Tensor, placement: Any, sbp: Any) -> Tensor:
-    error: Exception | None = None
+def _global_to_global(t: Tensor, placement: Any, sbp: Any, problem: Exception | None) -> Tensor:
     signature = None
-    if placement is None and sbp is None:
-        error = ValueError("to_global() on a global tensor needs placement=, sbp= or both")
-    else:
-        placement, signature, error = _parse_arguments(
+    try:
+        if problem is not None:
+            raise problem
+        if placement is None and sbp is None:
+            raise ValueError("to_global() on a global tensor needs placement=, sbp= or both")
+        placement, signature = _parse_arguments(
             t.placement if placement is None else placement, t.sbp if sbp is None else sbp
         )
-    if error is None:
         kind = signature[0]
         if kind.is_split and kind.dim >= t.ndim:
-            error = ValueError(
+            raise ValueError(
                 f"split(dim={kind.dim}) needs more than {kind.dim} dimensions, "
                 f"the tensor has shape {list(t.shape)}"
             )
-        elif placement.type != t.placement.type:
-            error = ValueError(
+        if placement.type != t.placement.type:
+            raise ValueError(
                 f"moving between device types ({t.placement.type} → {placement.type}) is not "
                 f"supported by to_global; convert the local component instead"
             )
-    if spmd_checks_enabled():
-        call = f"to_global(placement={placement!r}, sbp={signature!r})"
-        comm.agree(error, "to_global()", call if error is None else None)
-    elif error is not None:
-        raise error
+    except Exception as err:  # any class: reported to every rank
+        problem = err
+    request = f"to_global(placement={placement!r}, sbp={signature!r})"
+    call = f"{request} of {describe(t)}"
+    if problem is not None:
+        if not spmd_checks_enabled():
+            raise problem
+        comm.agree(call, problem, context="to_global()")
     spec = GlobalSpec(placement, signature, tuple(t.shape))
+    moves_data = spec != t._global and boxing.communicates(t._global, spec)
+    if not moves_data and spmd_checks_enabled():
+        comm.agree(call, context="to_global()")  # a data-moving edge agrees on the same call
     if spec == t._global:
         return t
-    out = box(t, spec)
+    out = box(t, spec, request)
     if t.requires_grad and graph.is_grad_enabled():
         out = Tensor(out._data, device=out.device, global_info=spec)
         out.grad_fn = BoxingNode(t)
@@ -317,10 +343,26 @@ def add(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError("cannot add a local and a global tensor")
     if a.placement != b.placement:
         raise ValueError(f"cannot add global tensors on {a.placement!r} and {b.placement!r}")
-    b = box(b, a._global)
+    b = box(b, a._global, "accumulating gradients")
     return make_global(np.add(_host(a), _host(b)), a._global)
 
 
-def materialize(t: Tensor) -> np.ndarray:
-    """The logical value of a global tensor as a host array, on every rank (collective)."""
-    return boxing.logical_value(_host(t), t._global, t._exact)
+def materialize(t: Tensor, method: str) -> np.ndarray:
+    """The logical value of a global tensor as a host array, on every rank (collective);
+    ``method`` is what the program called (``numpy()``, ``item()``, ``print``)."""
+    return boxing.logical_value(_host(t), t._global, f"{method} of {describe(t)}", t._exact)
+
+
+def agree_on_backward(root: Tensor, gradient_given: bool, retain_graph: bool, problem: Exception | None) -> None:
+    """Before a backward pass that communicates: every rank runs the same graph, or every rank
+    raises the same error (also for a problem found on one rank, such as a bad ``gradient``)."""
+    what = describe(root) if root._global is not None else "a local tensor"
+    signature = graph.signature(root) if problem is None else ""
+    call = (
+        f"backward() of {what} (gradient {'given' if gradient_given else 'implicit'}, "
+        f"retain_graph={retain_graph}) over {signature}"
+    )
+    comm.agree(call, problem, context="backward()")
+
+
+graph.set_collective_backward(agree_on_backward)

@@ -1,12 +1,33 @@
-"""Every MPI call klflow makes, and nothing else imports mpi4py.
+"""Every MPI call klflow makes, and nothing else imports mpi4py: the guarded collective path.
 
-MPI starts on first use; a plain ``python script.py`` is a world of one. Array data moves only
-through mpi4py's buffer-based calls (``Allreduce``, ``Allgatherv``, ``Alltoallv``, …); pickled
-objects carry small metadata only (shapes, dtype names, error messages).
+MPI starts on first use; a plain ``python script.py`` is a world of one and communicates nothing.
+On more ranks every collective klflow issues runs in two steps on a :class:`Communicator`:
 
-Every call here is collective over ``COMM_WORLD``: ranks outside a tensor's placement take part
-with empty buffers, which keeps every rank in step (klflow programs are SPMD, like OneFlow's).
-:data:`collective_counts` counts the calls, so tests can check what an operation communicated.
+1. **Agreement.** Each rank sends the coordinator (rank 0 of the communicator) three integers: the
+   call's sequence number on this communicator, a digest of what it is about to do (the operation,
+   the call's description, which every rank must give identically — tensor identity within the
+   program order, shape, dtype, placement, SBP, … — and the calling thread's name) and whether
+   preparing the call failed here. The coordinator compares and answers. If all agree, the data
+   moves. Otherwise every rank sends its full description, and every rank raises the same
+   exception: the problems found (a ``TypeError``/``ValueError`` as raised, any other class as a
+   :class:`CollectiveError` naming it), or a :class:`CollectiveMismatchError` naming each rank's
+   call (``rank 0: item() of tensor #12 … (call 41); rank 1: to_global() … (call 41)``).
+2. **Data.** Array data moves only through mpi4py's buffer-based non-blocking collectives
+   (``Iallreduce``, ``Iallgatherv``, …); pickling carries small metadata only.
+
+Nothing waits forever. A rank that has waited longer than ``KLFLOW_COLLECTIVE_TIMEOUT`` seconds
+(default 600) in an agreement or a collective prints what it waits in and which ranks have not
+arrived, then aborts the job with exit code 124. A rank that ends its program (``sys.exit``, the
+end of the script) while others still call collectives answers their calls with a
+:class:`CollectiveMismatchError` ("rank 1 has ended its program") until every rank has ended; an
+uncaught exception on a rank of a job aborts the job, as ``python -m mpi4py`` would.
+
+Collectives of one communicator are serialised across the threads of a rank (a lock), and the
+thread's name is part of the agreement: a call from thread A on one rank meeting a call from
+thread B on another is a mismatch naming both, never a mixed-up value.
+
+:data:`collective_counts` counts agreements and data collectives, so tests can check what an
+operation communicated.
 
 >>> from klflow.distributed import comm
 >>> comm.world_size() >= 1
@@ -15,23 +36,48 @@ True
 
 from __future__ import annotations
 
+import atexit
 import collections
-from collections.abc import Sequence
+import contextlib
+import hashlib
+import math
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+DEFAULT_TIMEOUT_S = 600.0
+WATCHDOG_EXIT_CODE = 124  # as timeout(1): the job was ended because a rank waited too long
+TIMEOUT_VARIABLE = "KLFLOW_COLLECTIVE_TIMEOUT"
+# A rank waiting for the coordinator's answer gives the coordinator this long to report first:
+# only the coordinator knows which ranks have not arrived.
+_REPORT_GRACE_S = 2.0
+_SPIN_S = 1e-4  # busy-poll this long, then yield the CPU between polls
+_YIELD_S = 0.02  # an agreement that has waited this long sleeps between polls
+_MAX_SLEEP_S = 0.005
+
+_TAG_ARRIVE, _TAG_VERDICT, _TAG_DETAIL, _TAG_DETAIL_VERDICT = 1, 2, 3, 4
+_OK, _PROBLEM = 0, 1
+_DIGEST_MASK = (1 << 62) - 1
+EXIT_CALL = "the end of its program (no more klflow calls)"
+
 collective_counts: collections.Counter[str] = collections.Counter()
-_world: Any = None
 
 
-def _comm() -> Any:
-    global _world
-    if _world is None:
-        from mpi4py import MPI
+class CollectiveError(RuntimeError):
+    """An exception other than ``TypeError``/``ValueError`` raised on some rank while preparing a
+    collective, raised on every rank; the message keeps the original class and text."""
 
-        _world = MPI.COMM_WORLD
-    return _world
+
+class CollectiveMismatchError(ValueError):
+    """The ranks called different collectives (a skipped call, another order, another thread, a
+    rank that has ended its program); raised on every rank, naming each rank's call."""
 
 
 def _mpi() -> Any:
@@ -42,118 +88,415 @@ def _mpi() -> Any:
 
 def rank() -> int:
     """This process's rank in the job (0 without mpiexec)."""
-    return _comm().Get_rank()
+    return _mpi().COMM_WORLD.Get_rank()
 
 
 def world_size() -> int:
     """Number of processes in the job (1 without mpiexec)."""
-    return _comm().Get_size()
+    return _mpi().COMM_WORLD.Get_size()
 
 
 def reset_counts() -> None:
     collective_counts.clear()
 
 
-def _count(name: str) -> None:
-    collective_counts[name] += 1
+# ----------------------------------------------------------------- waiting, bounded
+_timeout_override: float | None = None
 
 
-# ----------------------------------------------------------------- metadata (pickled, small)
-def allgather_metadata(item: Any) -> list[Any]:
-    """Every rank's small metadata object (a tuple of shapes/names), in rank order."""
-    _count("allgather_metadata")
-    return _comm().allgather(item)
+def collective_timeout() -> float:
+    """Seconds a rank may wait in one klflow collective before the job is aborted
+    (``KLFLOW_COLLECTIVE_TIMEOUT``, default 600; ``inf`` waits forever)."""
+    if _timeout_override is not None:
+        return _timeout_override
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # also refuses NaN
+        raise ValueError(
+            f"{TIMEOUT_VARIABLE}={text!r} is not a positive number of seconds (e.g. 600, or inf to "
+            f"wait forever)"
+        )
+    return value
 
 
-def describe(problem: BaseException | None) -> tuple[str, str] | None:
-    """A problem as small picklable metadata: (exception class name, message)."""
+def set_collective_timeout(seconds: float | None) -> None:
+    """Override ``KLFLOW_COLLECTIVE_TIMEOUT`` in this process (``None`` reads it again)."""
+    global _timeout_override
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"the collective timeout must be a positive number of seconds, got {seconds!r}")
+    _timeout_override = seconds
+
+
+def _abort(message: str) -> None:
+    """Print why, then end every rank of the job (MPI_Abort never returns)."""
+    sys.stdout.flush()
+    sys.stderr.write(f"klflow: rank {rank()}: {message}\n")
+    sys.stderr.flush()
+    _mpi().COMM_WORLD.Abort(WATCHDOG_EXIT_CODE)
+
+
+def _wait(ready: Callable[[], bool], waiting_in: str, missing: Callable[[], str], patient: bool, timeout: float):
+    """Poll ``ready`` until it is true; abort the job after ``timeout`` seconds.
+
+    MPI progresses non-blocking calls only while they are polled, so a data collective is polled
+    without sleeping (yielding the CPU to other ranks on the node after a short spin). An
+    agreement may wait on a rank that is still computing: after a while it sleeps between polls,
+    a little longer the longer it has waited (at most 5 ms).
+    """
+    if ready():
+        return
+    start = time.monotonic()
+    while not ready():
+        waited = time.monotonic() - start
+        if waited > timeout:
+            _abort(
+                f"waited {waited:.1f} s in {waiting_in}; {missing()}. Aborting the job "
+                f"({TIMEOUT_VARIABLE}={timeout:g} s)."
+            )
+        if waited < _SPIN_S:
+            continue
+        if patient and waited > _YIELD_S:
+            time.sleep(min(_MAX_SLEEP_S, waited * 0.05))
+        else:
+            os.sched_yield()
+
+
+# ----------------------------------------------------------------- agreement records
+def _digest(op: str, call: str, thread: str) -> int:
+    text = f"{op}\x1f{call}\x1f{thread}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & _DIGEST_MASK
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One rank's full description of a call, exchanged only when the ranks disagree."""
+
+    sequence: int
+    op: str
+    call: str
+    context: str
+    thread: str
+    problem: tuple[str, str] | None  # (exception class name, message)
+
+    def label(self, show_thread: bool) -> str:
+        if self.call == EXIT_CALL:
+            return f"has ended its program (call {self.sequence})"
+        thread = f", thread {self.thread!r}" if show_thread else ""
+        return f"{self.call} (call {self.sequence}{thread})"
+
+
+def describe_problem(problem: BaseException | None) -> tuple[str, str] | None:
     return None if problem is None else (type(problem).__name__, str(problem))
 
 
-def raise_found(problems: list[tuple[str, str] | None], context: str) -> None:
-    """Raise on every rank if any rank's gathered problem is set (every rank sees the same list).
+def _verdict(records: Sequence[_Record]) -> tuple[str, str]:
+    """(exception class name, message) that every rank raises for these records."""
+    problems = [(r, rec) for r, rec in enumerate(records) if rec.problem is not None]
+    if problems:
+        kinds = {rec.problem[0] for _, rec in problems}
+        if kinds == {"TypeError"}:
+            kind = "TypeError"
+        elif kinds <= {"TypeError", "ValueError", "CollectiveMismatchError"}:
+            kind = "ValueError"
+        else:
+            kind = "CollectiveError"
 
-    The exception is a ``TypeError`` when every problem found is one, else a ``ValueError``; the
-    message is the problem itself when all ranks found the same one, else each rank's.
-    """
-    found = [(rank, problem) for rank, problem in enumerate(problems) if problem is not None]
-    if not found:
-        return
-    exception = TypeError if all(kind == "TypeError" for _, (kind, _) in found) else ValueError
-    messages = {message for _, (_, message) in found}
-    if len(found) == len(problems) and len(messages) == 1:
-        raise exception(messages.pop())
-    raise exception(f"{context}: " + "; ".join(f"rank {rank}: {message}" for rank, (_, message) in found))
+        def text(rec: _Record) -> str:
+            name, message = rec.problem
+            return message if kind != "CollectiveError" else f"{name}: {message}"
+
+        messages = {text(rec) for _, rec in problems}
+        if len(problems) == len(records) and len(messages) == 1:
+            return kind, messages.pop()
+        context = problems[0][1].context
+        return kind, f"{context} failed: " + "; ".join(f"rank {r}: {text(rec)}" for r, rec in problems)
+    show_thread = any(rec.thread != "MainThread" for rec in records) or len({r.thread for r in records}) > 1
+    ended = [r for r, rec in enumerate(records) if rec.call == EXIT_CALL]
+    if ended and len(ended) < len(records):
+        lead = (
+            f"rank{'s' if len(ended) > 1 else ''} {', '.join(map(str, ended))} "
+            f"{'have' if len(ended) > 1 else 'has'} ended {'their' if len(ended) > 1 else 'its'} program "
+            f"while other ranks still call klflow collectives"
+        )
+    else:
+        lead = "the ranks called different klflow collectives (every rank must make the same calls in the same order)"
+    return "CollectiveMismatchError", f"{lead}: " + "; ".join(
+        f"rank {r}: {rec.label(show_thread)}" for r, rec in enumerate(records)
+    )
 
 
-def agree(problem: BaseException | None, context: str, call: Any = None) -> None:
-    """Collective check before collective work: every rank raises the same exception if any rank
-    found a problem, or if the ranks describe their ``call`` differently (a non-SPMD program)."""
-    rows = allgather_metadata((describe(problem), call))
-    raise_found([row[0] for row in rows], context)
-    if any(row[1] != rows[0][1] for row in rows):
-        raise ValueError(
-            f"{context} was called differently on different ranks: "
-            + "; ".join(f"rank {rank}: {row[1]}" for rank, row in enumerate(rows))
+_EXCEPTIONS: dict[str, type[Exception]] = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "CollectiveError": CollectiveError,
+    "CollectiveMismatchError": CollectiveMismatchError,
+}
+
+
+# ----------------------------------------------------------------- communicators
+class Communicator:
+    """A group of ranks with its own sequence of agreed collectives (MPI traffic on a private
+    duplicate of ``parent``, made by every rank's first collective on it)."""
+
+    def __init__(self, parent: Any, name: str) -> None:
+        self.name = name
+        self._parent = parent
+        self._comm: Any = None
+        self.rank = parent.Get_rank()
+        self.size = parent.Get_size()
+        self.sequence = 0  # agreements so far: the same on every rank of the communicator
+        self._lock = threading.RLock()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _mpi_comm(self) -> Any:
+        if self._comm is None:
+            dup, request = self._parent.Idup()
+            _wait(
+                request.Test,
+                f"setting up {self.name} (every rank's first klflow collective)",
+                lambda: "some rank has not made its first klflow collective call",
+                patient=True,
+                timeout=collective_timeout(),
+            )
+            self._comm = dup
+            _install_fault_handlers()
+        return self._comm
+
+    # -- agreement -------------------------------------------------------------------------
+    def agree(
+        self,
+        op: str,
+        call: str,
+        problem: BaseException | None = None,
+        *,
+        context: str | None = None,
+        forever: bool = False,
+    ) -> None:
+        """Return when every rank describes the same ``op``/``call`` and none reports a
+        ``problem``; otherwise raise the same exception on every rank. ``context`` names the
+        operation in problem messages (default: ``call``); ``forever`` waits without a timeout
+        (a rank that has ended its program waits for the others, as ``MPI_Finalize`` would)."""
+        collective_counts["agreement"] += 1
+        with self._lock:
+            self.sequence += 1
+            if self.size == 1:
+                if problem is not None:
+                    raise problem
+                return
+            comm = self._mpi_comm()
+            timeout = math.inf if forever else collective_timeout()
+            sequence, thread = self.sequence, threading.current_thread().name
+            flag = _OK if problem is None else _PROBLEM
+            mine = np.array([sequence, _digest(op, call, thread), flag], np.int64)
+            waiting_in = f"the agreement on {call} (call {sequence})"
+            if self.rank == 0:
+                agreed = self._coordinate(comm, mine, waiting_in, timeout)
+            else:
+                agreed = self._follow(comm, mine, waiting_in, timeout)
+            if agreed:
+                return
+            record = _Record(sequence, op, call, context or call, thread, describe_problem(problem))
+            kind, message = self._exchange_details(comm, record, waiting_in, timeout)
+        error = _EXCEPTIONS[kind](message)
+        if problem is not None:
+            raise error from problem
+        raise error
+
+    def _coordinate(self, comm: Any, mine: np.ndarray, waiting_in: str, timeout: float) -> bool:
+        arrivals = np.empty((self.size, 3), np.int64)
+        arrivals[0] = mine
+        receives = [comm.Irecv(arrivals[r], source=r, tag=_TAG_ARRIVE) for r in range(1, self.size)]
+
+        def missing() -> str:
+            late = [r for r, request in enumerate(receives, start=1) if not request.Test()]
+            return f"ranks {late} of {self.name} have not arrived"
+
+        _wait(lambda: _mpi().Request.Testall(receives), waiting_in, missing, True, timeout)
+        agreed = bool((arrivals[:, :2] == mine[:2]).all() and not arrivals[:, 2].any())
+        verdict = np.array([mine[0], _OK if agreed else _PROBLEM], np.int64)
+        sends = [comm.Isend(verdict, dest=r, tag=_TAG_VERDICT) for r in range(1, self.size)]
+        _wait(lambda: _mpi().Request.Testall(sends), waiting_in, lambda: "the answer was not taken", False, timeout)
+        return agreed
+
+    def _follow(self, comm: Any, mine: np.ndarray, waiting_in: str, timeout: float) -> bool:
+        verdict = np.empty(2, np.int64)
+        requests = [comm.Isend(mine, dest=0, tag=_TAG_ARRIVE), comm.Irecv(verdict, source=0, tag=_TAG_VERDICT)]
+        _wait(
+            lambda: _mpi().Request.Testall(requests),
+            waiting_in,
+            lambda: "rank 0, which coordinates every agreement, has not answered (it has not arrived, or "
+            "waits for another rank)",
+            True,
+            timeout + _REPORT_GRACE_S,
+        )
+        return verdict[1] == _OK
+
+    def _exchange_details(self, comm: Any, record: _Record, waiting_in: str, timeout: float) -> tuple[str, str]:
+        """Gather every rank's record at the coordinator, which composes one verdict for all."""
+        if self.rank == 0:
+            records = [record]
+            for source in range(1, self.size):
+                records.append(self._receive_object(comm, source, _TAG_DETAIL, waiting_in, timeout))
+            verdict = _verdict(records)
+            sends = [comm.isend(verdict, dest=r, tag=_TAG_DETAIL_VERDICT) for r in range(1, self.size)]
+            _wait(lambda: _mpi().Request.Testall(sends), waiting_in, lambda: "the verdict was not taken", False, timeout)
+            return verdict
+        send = comm.isend(record, dest=0, tag=_TAG_DETAIL)
+        verdict = self._receive_object(comm, 0, _TAG_DETAIL_VERDICT, waiting_in, timeout + _REPORT_GRACE_S)
+        _wait(send.Test, waiting_in, lambda: "rank 0 did not take this rank's description", False, timeout)
+        return verdict
+
+    @staticmethod
+    def _receive_object(comm: Any, source: int, tag: int, waiting_in: str, timeout: float) -> Any:
+        found: list[Any] = []
+
+        def ready() -> bool:
+            message = comm.improbe(source=source, tag=tag)
+            if message is not None:
+                found.append(message.recv())
+            return bool(found)
+
+        _wait(ready, waiting_in, lambda: f"rank {source} has not sent its description", True, timeout)
+        return found[0]
+
+    # -- data --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def collective(self, call: str, context: str | None = None) -> Iterator[Region]:
+        """A region that prepares and runs one data collective: an exception raised in it before
+        the collective's agreement reaches every rank as the same error (through the agreement)."""
+        with self._lock:
+            region = Region(self, call, context)
+            try:
+                yield region
+            except Exception as problem:
+                if region.agreeing:
+                    raise
+                self.agree("prepare", call, problem, context=context)
+                raise  # not reached: agree raises the collective error
+
+
+class Region:
+    """One data collective on a :class:`Communicator`, agreed before its data moves."""
+
+    def __init__(self, communicator: Communicator, call: str, context: str | None) -> None:
+        self._communicator = communicator
+        self.call = call
+        self.context = context
+        self.agreeing = False  # set once the agreement starts: later errors are not reported again
+
+    def _start(self, op: str, signature: str) -> Any:
+        if self.agreeing:
+            raise RuntimeError(f"a collective region runs one collective; {self.call} asked for a second")
+        self.agreeing = True
+        communicator = self._communicator
+        communicator.agree(op, f"{self.call} [{op} {signature}]", context=self.context)
+        collective_counts[op] += 1
+        return communicator._comm if communicator.size > 1 else None
+
+    def _complete(self, request: Any, op: str) -> None:
+        _wait(
+            request.Test,
+            f"{op} for {self.call} (call {self._communicator.sequence})",
+            lambda: "every rank agreed to it, but some rank has not completed it",
+            False,
+            collective_timeout(),
         )
 
+    def check(self) -> None:
+        """Agree without moving data."""
+        self._start("check", "")
 
-# ----------------------------------------------------------------- array data (buffers only)
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """The elementwise sum of every rank's ``values`` (same shape and dtype everywhere)."""
+        send = np.asarray(values, dtype=_sum_dtype(values.dtype), order="C")
+        recv = np.empty_like(send)
+        comm = self._start("allreduce", f"{send.shape} {send.dtype}")
+        if comm is None:
+            recv[...] = send
+        else:
+            self._complete(comm.Iallreduce(send, recv, op=_mpi().SUM), "allreduce")
+        return recv.astype(values.dtype, copy=False)
+
+    def broadcast_from(self, values: np.ndarray | None, root: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """``root``'s array on every rank (others pass None or anything; ``shape``/``dtype`` known)."""
+        dtype = np.dtype(dtype)
+        is_root = self._communicator.rank == root
+        buffer = np.array(values, dtype=dtype, order="C") if is_root else np.empty(tuple(shape), dtype=dtype)
+        if tuple(buffer.shape) != tuple(shape):
+            raise ValueError(f"the broadcast value has shape {list(buffer.shape)}, expected {list(shape)}")
+        comm = self._start("broadcast", f"root {root} {tuple(shape)} {dtype}")
+        if comm is not None:
+            self._complete(comm.Ibcast(buffer.reshape(-1).view(np.uint8), root=root), "broadcast")
+        return buffer
+
+    def allgatherv(self, local: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        """Concatenation of every rank's flat ``local`` (rank r sends ``counts[r]`` elements)."""
+        itemsize = local.dtype.itemsize
+        send = np.asarray(local, order="C").reshape(-1).view(np.uint8)
+        recv = np.empty(int(sum(counts)) * itemsize, dtype=np.uint8)
+        byte_counts = [int(c) * itemsize for c in counts]
+        comm = self._start("allgatherv", f"{list(counts)} {local.dtype}")
+        if comm is None:
+            recv[...] = send
+        else:
+            spec = [recv, (byte_counts, _displacements(byte_counts)), _mpi().BYTE]
+            self._complete(comm.Iallgatherv(send, spec), "allgatherv")
+        return recv.view(local.dtype)
+
+    def alltoallv(self, send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int]) -> np.ndarray:
+        """Personalised exchange: ``send`` holds consecutive blocks for ranks 0, 1, …"""
+        itemsize = send.dtype.itemsize
+        send_bytes = np.asarray(send, order="C").reshape(-1).view(np.uint8)
+        sb = [int(c) * itemsize for c in send_counts]
+        rb = [int(c) * itemsize for c in recv_counts]
+        recv = np.empty(sum(rb), dtype=np.uint8)
+        comm = self._start("alltoallv", f"{send.dtype}")
+        if comm is None:
+            recv[...] = send_bytes
+        else:
+            byte = _mpi().BYTE
+            request = comm.Ialltoallv(
+                [send_bytes, (sb, _displacements(sb)), byte], [recv, (rb, _displacements(rb)), byte]
+            )
+            self._complete(request, "alltoallv")
+        return recv.view(send.dtype)
+
+    def reduce_scatterv(self, send: np.ndarray, recv_counts: Sequence[int]) -> np.ndarray:
+        """Sum every rank's ``send`` and give rank r its block of ``recv_counts[r]`` elements."""
+        work = np.asarray(send, dtype=_sum_dtype(send.dtype), order="C").reshape(-1)
+        recv = np.empty(int(recv_counts[self._communicator.rank]), dtype=work.dtype)
+        comm = self._start("reduce_scatter", f"{list(recv_counts)} {send.dtype}")
+        if comm is None:
+            recv[...] = work
+        else:
+            counts = [int(c) for c in recv_counts]
+            self._complete(comm.Ireduce_scatter(work, recv, recvcounts=counts, op=_mpi().SUM), "reduce_scatter")
+        return recv.astype(send.dtype, copy=False)
+
+    def allgather_objects(self, item: Any) -> list[Any]:
+        """Every rank's small picklable ``item`` (shapes, dtype names), in rank order."""
+        payload = np.frombuffer(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+        comm = self._start("allgather_objects", "")
+        if comm is None:
+            return [item]
+        sizes = np.empty(self._communicator.size, np.int64)
+        self._complete(comm.Iallgather(np.array([payload.size], np.int64), sizes), "allgather_objects")
+        recv = np.empty(int(sizes.sum()), np.uint8)
+        counts = [int(s) for s in sizes]
+        request = comm.Iallgatherv(payload, [recv, (counts, _displacements(counts)), _mpi().BYTE])
+        self._complete(request, "allgather_objects")
+        starts = np.cumsum([0, *counts])
+        return [pickle.loads(recv[starts[r] : starts[r + 1]].tobytes()) for r in range(len(counts))]
+
+
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     # MPI has no portable float16 sum: add half-precision data in float32 and round once after.
     return np.dtype(np.float32) if dtype == np.float16 else dtype
-
-
-def allreduce_sum(values: np.ndarray) -> np.ndarray:
-    """The elementwise sum of every rank's ``values`` (same shape and dtype everywhere)."""
-    _count("allreduce")
-    send = np.ascontiguousarray(values, dtype=_sum_dtype(values.dtype))
-    recv = np.empty_like(send)
-    _comm().Allreduce(send, recv, op=_mpi().SUM)
-    return recv.astype(values.dtype, copy=False)
-
-
-def broadcast_from(values: np.ndarray | None, root: int, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """``root``'s array on every rank (others pass None or anything; ``shape``/``dtype`` known)."""
-    _count("broadcast")
-    buffer = (
-        np.ascontiguousarray(values, dtype=dtype) if rank() == root else np.empty(tuple(shape), dtype=dtype)
-    )
-    _comm().Bcast(buffer.view(np.uint8).reshape(-1), root=root)
-    return buffer
-
-
-def allgatherv(local: np.ndarray, counts: Sequence[int]) -> np.ndarray:
-    """Concatenation of every rank's flat ``local`` (rank r sends ``counts[r]`` elements)."""
-    _count("allgatherv")
-    itemsize = local.dtype.itemsize
-    send = np.ascontiguousarray(local).reshape(-1).view(np.uint8)
-    recv = np.empty(int(sum(counts)) * itemsize, dtype=np.uint8)
-    byte_counts = [c * itemsize for c in counts]
-    _comm().Allgatherv(send, [recv, (byte_counts, _displacements(byte_counts)), _mpi().BYTE])
-    return recv.view(local.dtype)
-
-
-def alltoallv(send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int]) -> np.ndarray:
-    """Personalised exchange: ``send`` holds consecutive blocks for ranks 0, 1, …"""
-    _count("alltoallv")
-    itemsize = send.dtype.itemsize
-    send_bytes = np.ascontiguousarray(send).reshape(-1).view(np.uint8)
-    sb = [c * itemsize for c in send_counts]
-    rb = [c * itemsize for c in recv_counts]
-    recv = np.empty(sum(rb), dtype=np.uint8)
-    byte = _mpi().BYTE
-    _comm().Alltoallv([send_bytes, (sb, _displacements(sb)), byte], [recv, (rb, _displacements(rb)), byte])
-    return recv.view(send.dtype)
-
-
-def reduce_scatterv(send: np.ndarray, recv_counts: Sequence[int]) -> np.ndarray:
-    """Sum every rank's ``send`` and give rank r its block of ``recv_counts[r]`` elements."""
-    _count("reduce_scatter")
-    work = np.ascontiguousarray(send, dtype=_sum_dtype(send.dtype)).reshape(-1)
-    recv = np.empty(recv_counts[rank()], dtype=work.dtype)
-    _comm().Reduce_scatter(work, recv, recvcounts=list(recv_counts), op=_mpi().SUM)
-    return recv.astype(send.dtype, copy=False)
 
 
 def _displacements(counts: Sequence[int]) -> list[int]:
@@ -162,3 +505,112 @@ def _displacements(counts: Sequence[int]) -> list[int]:
         out.append(total)
         total += c
     return out
+
+
+# ----------------------------------------------------------------- the world and faults
+_world: Communicator | None = None
+_world_lock = threading.Lock()
+
+
+def world() -> Communicator:
+    """Every rank of the job."""
+    global _world
+    if _world is None:
+        with _world_lock:
+            if _world is None:
+                _world = Communicator(_mpi().COMM_WORLD, "the world communicator")
+    return _world
+
+
+_fault_handlers_installed = False
+_mpi4py_abort_status = 0
+
+
+def _install_fault_handlers() -> None:
+    """Once a job of several ranks has communicated: an uncaught exception aborts the job, and
+    a rank that ends its program answers the others' collectives until they end too."""
+    global _fault_handlers_installed
+    if _fault_handlers_installed or world_size() == 1:
+        return
+    _fault_handlers_installed = True
+    previous_hook = sys.excepthook
+
+    def abort_on_uncaught(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+        previous_hook(kind, error, traceback)
+        MPI = _mpi()
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            sys.stderr.write(f"klflow: rank {rank()}: uncaught {kind.__name__}; aborting the job\n")
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    sys.excepthook = abort_on_uncaught
+    _watch_mpi4py_abort_status()
+    atexit.register(_serve_until_every_rank_ends)
+
+
+def _watch_mpi4py_abort_status() -> None:
+    """``python -m mpi4py`` records a failing exit (``sys.exit(3)``, an error) and aborts the job
+    when the process ends; keep a copy, so that the exit hook does not delay that abort."""
+    MPI = _mpi()
+    original = getattr(MPI, "_set_abort_status", None)
+    if original is None:
+        return
+
+    def recording(status: int) -> None:
+        global _mpi4py_abort_status
+        _mpi4py_abort_status = status
+        original(status)
+
+    MPI._set_abort_status = recording
+
+
+def _serve_until_every_rank_ends() -> None:
+    MPI = _mpi()
+    communicator = _world
+    if communicator is None or communicator._comm is None or MPI.Is_finalized() or _mpi4py_abort_status:
+        return
+    if not communicator._lock.acquire(timeout=1.0):
+        return  # a daemon thread is inside a collective: MPI_Finalize decides
+    noted = False
+    try:
+        while True:
+            try:
+                communicator.agree("exit", EXIT_CALL, forever=True)
+                return
+            except (CollectiveMismatchError, CollectiveError, TypeError, ValueError) as err:
+                if not noted:
+                    sys.stderr.write(
+                        f"klflow: rank {communicator.rank} has ended its program; it answers the other "
+                        f"ranks' klflow calls with an error until they end too: {err}\n"
+                    )
+                    sys.stderr.flush()
+                    noted = True
+    finally:
+        communicator._lock.release()
+
+
+# ----------------------------------------------------------------- module-level conveniences
+def agree(call: str, problem: BaseException | None = None, context: str | None = None) -> None:
+    """An agreement with no data on the world: the same exception on every rank if any rank found
+    a ``problem`` or describes ``call`` differently."""
+    world().agree("check", call, problem, context=context)
+
+
+def collective(call: str, context: str | None = None) -> contextlib.AbstractContextManager[Region]:
+    """A :class:`Region` on the world communicator: ``with comm.collective(call) as c: ...``."""
+    return world().collective(call, context)
+
+
+def allreduce_sum(values: np.ndarray, *, call: str) -> np.ndarray:
+    with collective(call) as c:
+        return c.allreduce_sum(values)
+
+
+def allgather_objects(
+    item: Any, *, call: str, problem: BaseException | None = None, context: str | None = None
+) -> list[Any]:
+    """Every rank's small ``item``, after an agreement that reports any rank's ``problem``."""
+    with collective(call, context) as c:
+        if problem is not None:
+            raise problem
+        return c.allgather_objects(item)

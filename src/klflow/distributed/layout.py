@@ -102,3 +102,8 @@ class GlobalSpec:
 
     def component_numel(self, index: int | None) -> int:
         return math.prod(self.component_shape(index)) if index is not None else 0
+
+    def describe(self) -> str:
+        """The layout as agreements and error messages show it: shape, SBP and placement."""
+        sbp = ", ".join(str(s) for s in self.sbp)
+        return f"shape {list(self.shape)}, sbp ({sbp}), {self.placement.short()}"

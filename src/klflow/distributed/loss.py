@@ -34,7 +34,7 @@ from klflow.distributed.layout import GlobalSpec
 from klflow.kernels import cpu as cpu_kernels
 from klflow.kernels import exact_sum
 from klflow.ops.kl_div import backend_for, kl_div_local
-from klflow.ops.reduction import reduction_divisor
+from klflow.ops.reduction import grad_name, reduction_divisor
 from klflow.tensor import Tensor
 
 
@@ -46,10 +46,11 @@ class ExactPartial:
     divisor: int
     dtype: dtypes.dtype
 
-    def materialize(self, index: int | None) -> np.ndarray:
-        local = self.state.copy()
-        exact_sum.normalize(local)  # digits below 2**32: a sum over any rank count cannot overflow
-        total = comm.allreduce_sum(local)
+    def materialize(self, index: int | None, call: str) -> np.ndarray:
+        with comm.collective(call) as c:
+            local = self.state.copy()
+            exact_sum.normalize(local)  # digits below 2**32: a sum over any rank count cannot overflow
+            total = c.allreduce_sum(local)
         return cpu_kernels.finish(total, self.divisor, self.dtype.numpy)
 
 
@@ -73,18 +74,20 @@ class BoundedPartial:
     dtype: dtypes.dtype
     exact_state: Callable[[], np.ndarray]
 
-    def materialize(self, index: int | None) -> np.ndarray:
+    def materialize(self, index: int | None, call: str) -> np.ndarray:
         half = exact_sum.STATE_LEN
-        local = np.concatenate([self.state, exact_sum.new_state()])
-        exact_sum.add_float(local[half:], self.magnitude_total)  # exact; NaN/inf go to counters
-        exact_sum.normalize(local[:half])  # digits below 2**32: any rank count sums safely
-        exact_sum.normalize(local[half:])
-        total = comm.allreduce_sum(local)
+        with comm.collective(call) as c:
+            local = np.concatenate([self.state, exact_sum.new_state()])
+            exact_sum.add_float(local[half:], self.magnitude_total)  # exact; NaN/inf go to counters
+            exact_sum.normalize(local[:half])  # digits below 2**32: any rank count sums safely
+            exact_sum.normalize(local[half:])
+            total = c.allreduce_sum(local)
         magnitude_total = exact_sum.to_float64(total[half:])
         value = cpu_kernels.bounded_value(total[:half], magnitude_total, self.divisor, self.dtype.numpy)
         if value is not None:
             return value
-        return ExactPartial(self.exact_state(), self.divisor, self.dtype).materialize(index)
+        exact = ExactPartial(self.exact_state(), self.divisor, self.dtype)
+        return exact.materialize(index, f"{call}, exactly (the bound could not decide)")
 
 
 def _uses_bounded_sum(input: Tensor) -> bool:
@@ -121,6 +124,8 @@ def _partial_record(
 class GlobalLossNode(graph.Node):
     """Runs the local loss gradient on this rank's components and rewraps it as global tensors."""
 
+    is_global = True
+
     def __init__(
         self, input: Tensor, target: Tensor, local_node: graph.Node | None, out_spec: GlobalSpec, op_name: str
     ) -> None:
@@ -130,8 +135,13 @@ class GlobalLossNode(graph.Node):
         self.out_spec = out_spec
         self.input_specs = (input._global, target._global)
 
+    def signature(self) -> str:
+        flags = "".join("1" if self.needs_input_grad(i) else "0" for i in range(2))
+        layouts = ", ".join(spec.describe() for spec in (self.out_spec, *self.input_specs))
+        return f"{self.name()}[{layouts}, grads {flags}]"
+
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad = box(grad_output, gradient_spec(self.out_spec))
+        grad = box(grad_output, gradient_spec(self.out_spec), f"backward() through {self.name()}")
         if self.local_node is None:  # this rank holds no component
             return tuple(
                 make_global(np.empty((0,), dtype=grad.dtype.numpy), spec)
@@ -192,7 +202,7 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
         out = Tensor(result._data, device=result.device, global_info=out_spec)
         out._exact = exact
     if record:
-        name = local_node.op_name if local_node is not None else "kl_div_loss"
+        name = grad_name(reduction, spec.shape)  # the same on ranks that hold no component
         out.grad_fn = GlobalLossNode(input, target, local_node, out_spec, name)
         out._requires_grad = True
     return out

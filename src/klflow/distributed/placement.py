@@ -84,5 +84,12 @@ class placement:
 
     __str__ = __repr__
 
+    def short(self) -> str:
+        """A compact form for messages: ``cpu ranks 0-3`` for a contiguous run, else the list."""
+        ranks = self._ranks
+        if len(ranks) > 2 and ranks == tuple(range(ranks[0], ranks[0] + len(ranks))):
+            return f"{self._type} ranks {ranks[0]}-{ranks[-1]}"
+        return f"{self._type} ranks {list(ranks)}"
+
     def __reduce__(self) -> tuple:
         return (placement, (self._type, list(self._ranks)))

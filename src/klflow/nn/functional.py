@@ -91,7 +91,7 @@ def kl_div(
                 "reduction='batchmean' divides by the batch size input.shape[0], but the input is "
                 "a 0-dim tensor with no batch dimension; use reduction='sum' or 'mean'"
             )
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # any class: on global inputs every rank must learn of it
         problem = err
     if collective:
         _agree_across_ranks(problem, input, target, reduction, log_target)
@@ -109,10 +109,18 @@ def _agree_across_ranks(problem, input, target, reduction, log_target) -> None:
         if problem is not None:
             raise problem
         return
-    call = None
+    call = "kl_div"
     if problem is None:  # the arguments may not even be tensors otherwise
         call = (
-            f"kl_div(reduction={reduction!r}, log_target={log_target!r}, input {input._global}, "
-            f"target {target._global}, {input.dtype})"
+            f"kl_div(reduction={reduction!r}, log_target={log_target!r}) of input "
+            f"{_argument(input)} and target {_argument(target)}"
         )
-    comm.agree(problem, "kl_div", call)
+    comm.agree(call, problem, context="kl_div")
+
+
+def _argument(t: Tensor) -> str:
+    from klflow.distributed import api
+
+    if not t.is_global:
+        return "a local tensor"
+    return f"{api.describe(t)}{' requiring grad' if t.requires_grad else ''}"
