@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +17,11 @@ from klflow import dtypes
 from klflow.autograd import graph
 from klflow.device import CPU
 from klflow.device import device as Device
+from klflow.distributed.comm import next_global_id
 
 if TYPE_CHECKING:
     from klflow.distributed.placement import placement as Placement
     from klflow.distributed.sbp import SbpParallel
-
-
-# Global tensors are numbered in the order a rank creates them. SPMD programs create them in the
-# same order on every rank, so the number identifies "the same tensor" across ranks in the
-# agreement that precedes each collective (a different number there is a diverged program).
-_global_ids = itertools.count(1)
 
 
 class Size(tuple):
@@ -61,7 +55,8 @@ class Tensor:
         self._device = device
         self._dtype = dtypes.from_numpy_dtype(data.dtype)
         self._global = global_info
-        self._global_id = next(_global_ids) if global_info is not None else None
+        # Numbered in program order: the identity that collectives' agreements compare.
+        self._global_id = next_global_id() if global_info is not None else None
         self._exact = None  # exact-sum record of a partial-sum loss (see distributed.loss)
         self._fill_value = None  # set when every element is known to be this value (a seed)
         self.grad_fn = grad_fn
@@ -146,7 +141,6 @@ class Tensor:
         same graph (checked before any data moves).
         """
         problem: Exception | None = None
-        seed = None
         try:
             if not self.requires_grad:
                 raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
@@ -156,18 +150,21 @@ class Tensor:
                         f"grad can be implicitly created only for scalar outputs; this tensor has "
                         f"shape {list(self.shape)}: pass gradient= with that shape"
                     )
-                from klflow import conversion
-
-                seed = conversion.gradient_seed(self)
             else:
-                seed = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
-                seed = _match_gradient(self, seed)
+                gradient = gradient if isinstance(gradient, Tensor) else tensor(gradient, dtype=self.dtype)
+                _check_gradient(self, gradient)
         except Exception as err:
             problem = err
         if graph.communicates(self):
             graph.agree_on_backward(self, gradient is not None, retain_graph, problem)
         elif problem is not None:
             raise problem
+        if gradient is None:
+            from klflow import conversion
+
+            seed = conversion.gradient_seed(self)
+        else:
+            seed = _converted_gradient(self, gradient)
         graph.run_backward(self, seed, retain_graph)
 
     def _accumulate_grad(self, grad: Tensor) -> None:
@@ -492,7 +489,7 @@ def as_tensor_arg(value: Any, name: str) -> Tensor:
     return Tensor(host)
 
 
-def _match_gradient(t: Tensor, gradient: Tensor) -> Tensor:
+def _check_gradient(t: Tensor, gradient: Tensor) -> None:
     if tuple(gradient.shape) != tuple(t.shape):
         raise RuntimeError(
             f"Mismatch in shape: grad_output has a shape of {list(gradient.shape)} and output "
@@ -503,6 +500,9 @@ def _match_gradient(t: Tensor, gradient: Tensor) -> Tensor:
             "gradient must be global exactly when the tensor is global "
             f"(tensor is_global={t.is_global}, gradient is_global={gradient.is_global})"
         )
+
+
+def _converted_gradient(t: Tensor, gradient: Tensor) -> Tensor:
     if gradient.dtype != t.dtype or gradient.device != t.device:
         gradient = gradient.to(dtype=t.dtype, device=t.device)
     return gradient

@@ -19,6 +19,13 @@ def test_moving_between_host_and_device():
     assert np.array_equal(t.half().float().numpy(), host.astype(np.float32))
 
 
+def test_0d_tensors_stay_0d_on_the_device():
+    for t in (flow.tensor(0.5, device="cuda"), flow.tensor(0.5).cuda(), flow.tensor(np.float64(2.0)).cuda()):
+        assert t.shape == () and t.device.type == "cuda"
+        assert t.numpy().shape == () and t.cpu().shape == ()
+    assert float(flow.tensor(0.5).cuda().cpu().numpy()) == 0.5
+
+
 def test_gradient_flows_back_across_devices():
     x = flow.tensor([0.5, 1.0], requires_grad=True)
     loss = F.kl_div(x.cuda(), flow.tensor([0.25, 0.75], device="cuda"), reduction="sum")

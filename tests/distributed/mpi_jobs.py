@@ -14,12 +14,20 @@ MPIEXEC = Path(sys.executable).with_name("mpiexec")
 needs_mpiexec = pytest.mark.skipif(not MPIEXEC.exists(), reason="mpiexec from the mpich wheel is missing")
 
 
-def run_job(script: Path, ranks: int, hang_guard_s: float, extra_env: dict | None = None):
-    """Run ``script`` on ``ranks`` ranks as the README says (``python -m mpi4py``); fail the test,
-    after killing the whole job, if it has not ended within ``hang_guard_s``."""
+def run_job(
+    script: Path,
+    ranks: int,
+    hang_guard_s: float,
+    extra_env: dict | None = None,
+    mpi4py_main: bool = True,
+):
+    """Run ``script`` on ``ranks`` ranks, as the README says (``python -m mpi4py``) or, with
+    ``mpi4py_main=False``, as a plain ``python script.py``; fail the test, after killing the
+    whole job, if it has not ended within ``hang_guard_s``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(extra_env or {}))
+    launcher = ["-m", "mpi4py"] if mpi4py_main else []
     process = subprocess.Popen(
-        [str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script)],
+        [str(MPIEXEC), "-n", str(ranks), sys.executable, *launcher, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 
 import klflow as flow
@@ -45,11 +46,26 @@ def test_placement_repr_equality_hash_and_pickle():
         (("cpu", [-1]), "-1"),
         (("cpu", [[0, 1], [2, 3]]), "one-dimensional"),
         (("cpu", 3), "3"),
+        (("cpu", [True]), "True"),
+        (("cpu", [1.0]), "1.0"),
+        (("cpu", ["0"]), "'0'"),
+        (("cpu", np.array([[0], [1]])), "one-dimensional"),
+        (("cpu", {0: [0, 1]}), "form of older OneFlow releases is not supported"),
     ],
 )
 def test_placement_refuses_bad_arguments(args, fragment):
     with pytest.raises((ValueError, TypeError), match=fragment.replace("[", r"\[")):
         flow.placement(*args)
+
+
+@pytest.mark.parametrize(
+    "ranks", [np.arange(3), np.array([0, 1, 2], np.int32), [np.int64(0), np.uint8(1), 2], range(3), (0, 1, 2)]
+)
+def test_placement_accepts_any_integer_sequence(ranks):
+    p = flow.placement("cpu", ranks)
+    assert p == flow.placement("cpu", [0, 1, 2])
+    assert p.ranks == [0, 1, 2] and all(type(r) is int for r in p.ranks)
+    assert repr(p) == 'klflow.placement(type="cpu", ranks=[0, 1, 2])'
 
 
 def test_placement_all_covers_the_world():

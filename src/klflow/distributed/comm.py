@@ -80,9 +80,35 @@ class CollectiveMismatchError(ValueError):
     rank that has ended its program); raised on every rank, naming each rank's call."""
 
 
+# ----------------------------------------------------------------- program-order identities
+# Global tensors are numbered in the order a rank creates them: SPMD programs create them in the
+# same order on every rank, so the number names "the same tensor" in an agreement. After the
+# ranks disagree (a program that catches the error and goes on), every rank continues from the
+# highest number any rank reached, so tensors made from then on are numbered alike again.
+_ids_lock = threading.Lock()
+_next_id = 1
+
+
+def next_global_id() -> int:
+    """The number of the next global tensor this rank creates."""
+    global _next_id
+    with _ids_lock:
+        value = _next_id
+        _next_id += 1
+        return value
+
+
+def _advance_global_ids(to: int) -> None:
+    global _next_id
+    with _ids_lock:
+        _next_id = max(_next_id, to)
+
+
 def _mpi() -> Any:
     from mpi4py import MPI
 
+    if not _fault_handlers_installed:
+        _install_fault_handlers(MPI)
     return MPI
 
 
@@ -182,6 +208,7 @@ class _Record:
     context: str
     thread: str
     problem: tuple[str, str] | None  # (exception class name, message)
+    next_id: int  # this rank's next global-tensor number
 
     def label(self, show_thread: bool) -> str:
         if self.call == EXIT_CALL:
@@ -264,7 +291,6 @@ class Communicator:
                 timeout=collective_timeout(),
             )
             self._comm = dup
-            _install_fault_handlers()
         return self._comm
 
     # -- agreement -------------------------------------------------------------------------
@@ -300,8 +326,9 @@ class Communicator:
                 agreed = self._follow(comm, mine, waiting_in, timeout)
             if agreed:
                 return
-            record = _Record(sequence, op, call, context or call, thread, describe_problem(problem))
-            kind, message = self._exchange_details(comm, record, waiting_in, timeout)
+            record = _Record(sequence, op, call, context or call, thread, describe_problem(problem), _next_id)
+            kind, message, next_id = self._exchange_details(comm, record, waiting_in, timeout)
+            _advance_global_ids(next_id)
         error = _EXCEPTIONS[kind](message)
         if problem is not None:
             raise error from problem
@@ -336,13 +363,16 @@ class Communicator:
         )
         return verdict[1] == _OK
 
-    def _exchange_details(self, comm: Any, record: _Record, waiting_in: str, timeout: float) -> tuple[str, str]:
-        """Gather every rank's record at the coordinator, which composes one verdict for all."""
+    def _exchange_details(
+        self, comm: Any, record: _Record, waiting_in: str, timeout: float
+    ) -> tuple[str, str, int]:
+        """Gather every rank's record at the coordinator, which composes one verdict for all:
+        (exception class name, message, the global-tensor number every rank continues from)."""
         if self.rank == 0:
             records = [record]
             for source in range(1, self.size):
                 records.append(self._receive_object(comm, source, _TAG_DETAIL, waiting_in, timeout))
-            verdict = _verdict(records)
+            verdict = (*_verdict(records), max(rec.next_id for rec in records))
             sends = [comm.isend(verdict, dest=r, tag=_TAG_DETAIL_VERDICT) for r in range(1, self.size)]
             _wait(lambda: _mpi().Request.Testall(sends), waiting_in, lambda: "the verdict was not taken", False, timeout)
             return verdict
@@ -526,26 +556,49 @@ _fault_handlers_installed = False
 _mpi4py_abort_status = 0
 
 
-def _install_fault_handlers() -> None:
-    """Once a job of several ranks has communicated: an uncaught exception aborts the job, and
-    a rank that ends its program answers the others' collectives until they end too."""
+def _install_fault_handlers(MPI: Any) -> None:
+    """In a job of several ranks: an uncaught exception or an ``os._exit`` of the MPI process
+    aborts the job, and a rank that ends its program answers the others' collectives until they
+    end too. (A plain ``python script.py`` is a world of one: nothing is changed.)"""
     global _fault_handlers_installed
-    if _fault_handlers_installed or world_size() == 1:
-        return
     _fault_handlers_installed = True
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return
     previous_hook = sys.excepthook
 
     def abort_on_uncaught(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
         previous_hook(kind, error, traceback)
-        MPI = _mpi()
         if MPI.Is_initialized() and not MPI.Is_finalized():
-            sys.stderr.write(f"klflow: rank {rank()}: uncaught {kind.__name__}; aborting the job\n")
+            sys.stderr.write(f"klflow: rank {MPI.COMM_WORLD.Get_rank()}: uncaught {kind.__name__}; aborting the job\n")
             sys.stderr.flush()
             MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = abort_on_uncaught
+    _guard_abrupt_exit(MPI)
     _watch_mpi4py_abort_status()
     atexit.register(_serve_until_every_rank_ends)
+
+
+def _guard_abrupt_exit(MPI: Any) -> None:
+    """``os._exit`` in an MPI rank skips ``MPI_Finalize``: the others can never finish, and
+    MPICH's launcher then kills them and may report success (it counts the ranks it kills as
+    exit code 0). Turn it into ``MPI_Abort`` with a non-zero code. Processes forked from the rank
+    (``multiprocessing`` workers) keep the plain ``os._exit``."""
+    process_id = os.getpid()
+    plain_exit = os._exit
+
+    def exit_aborting_the_job(status: int) -> None:
+        if os.getpid() == process_id and MPI.Is_initialized() and not MPI.Is_finalized():
+            code = status or 1
+            sys.stderr.write(
+                f"klflow: rank {MPI.COMM_WORLD.Get_rank()} called os._exit({status}) while the job's MPI "
+                f"is running; the other ranks could not finish, so the job is aborted (code {code})\n"
+            )
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(code)
+        plain_exit(status)
+
+    os._exit = exit_aborting_the_job
 
 
 def _watch_mpi4py_abort_status() -> None:

@@ -7,8 +7,11 @@ klflow.placement(type="cpu", ranks=[0, 1])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 _TYPES = ("cpu", "cuda")
 
@@ -21,17 +24,25 @@ class placement:
     def __init__(self, type: str, ranks: Sequence[int] | Any) -> None:
         if type not in _TYPES:
             raise ValueError(f'placement type must be "cpu" or "cuda", got {type!r}')
+        if isinstance(ranks, Mapping):
+            raise TypeError(
+                f"placement ranks must be a sequence of ranks, got the dict {ranks!r}: the "
+                f"{{machine id: [device ids]}} form of older OneFlow releases is not supported "
+                f"(klflow does not know how ranks map to machines); pass the ranks themselves, "
+                f"e.g. placement({type!r}, ranks=[0, 1])"
+            )
         try:
             rank_list = list(ranks)
         except TypeError:
-            raise TypeError(f"placement ranks must be a list of ints, got {ranks!r}") from None
-        if any(isinstance(r, (list, tuple)) for r in rank_list):
+            raise TypeError(f"placement ranks must be a sequence of ints, got {ranks!r}") from None
+        if any(isinstance(r, (list, tuple)) or getattr(r, "ndim", 0) > 0 for r in rank_list):
             raise ValueError(f"klflow supports one-dimensional placements only; got nested ranks {ranks!r}")
         if not rank_list:
             raise ValueError("a placement needs at least one rank")
         for r in rank_list:
-            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            if isinstance(r, (bool, np.bool_)) or not isinstance(r, (numbers.Integral, np.integer)) or r < 0:
                 raise ValueError(f"placement ranks must be non-negative ints, got {r!r} in {ranks!r}")
+        rank_list = [int(r) for r in rank_list]
         if len(set(rank_list)) != len(rank_list):
             raise ValueError(f"placement ranks must be distinct, got {ranks!r}")
         object.__setattr__(self, "_type", type)
