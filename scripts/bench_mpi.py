@@ -5,10 +5,13 @@
 
 For each size (elements per rank, float32) every rank times the local loss on its own data
 (``kl_div`` on local tensors, ``sum``) and the global loss over split tensors materialised on
-every rank (``kl_div(...).item()``: the SPMD metadata check, the local kernel, and one all-reduce of
-the partial sums: for float32, the bounded fast path's block-sum state and magnitude total). The difference is the communication overhead. It also times the
-all-reduce of one exact-sum state and of one float64 scalar. Ranks are synchronised with a
-barrier-like all-reduce before each timed call; the slowest rank's time is reported.
+every rank (``kl_div(...).item()``: the agreement of the ``kl_div`` call, the local kernel, and the
+agreement and all-reduce of the partial sums: for float32, the bounded fast path's block-sum
+state and magnitude total). The difference is the communication overhead. It also times one
+agreement alone (what every klflow collective pays before its data moves: the sequence number,
+digest and problem flag of every rank checked by the coordinator) and the guarded all-reduce of
+one exact-sum state and of one float64 scalar. Ranks are synchronised with an all-reduce before
+each timed call; the slowest rank's time is reported.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ def worker(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
-            times = max(comm.allgather_objects(tuple(times), call="bench: the slowest rank"))  # the slowest rank's pair
+            times = max(
+                comm.allgather_objects(tuple(times), call="bench: the slowest rank")
+            )  # the slowest rank's pair
             pairs.append(times)
         local = statistics.median(p[0] for p in pairs) * 1e3
         global_ = statistics.median(p[1] for p in pairs) * 1e3
@@ -87,8 +92,10 @@ def worker(args: argparse.Namespace) -> None:
     state = exact_sum.new_state()
     scalar = np.ones(1)
     latency = {
+        "agreement_us": slowest_ms(lambda: comm.agree("bench: an agreement alone"), 400) * 1e3,
         "state_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(state, call="bench: state"), 200) * 1e3,
-        "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar, call="bench: scalar"), 200) * 1e3,
+        "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar, call="bench: scalar"), 200)
+        * 1e3,
     }
     if rank == 0:
         result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}
@@ -126,8 +133,8 @@ def main() -> int:
             )
     for result in results:
         print(
-            f"{result['ranks']} rank(s): all-reduce of an exact-sum state {result['state_allreduce_us']:.1f} µs, "
-            f"of one float64 {result['scalar_allreduce_us']:.1f} µs"
+            f"{result['ranks']} rank(s): one agreement {result['agreement_us']:.1f} µs; guarded all-reduce of an "
+            f"exact-sum state {result['state_allreduce_us']:.1f} µs, of one float64 {result['scalar_allreduce_us']:.1f} µs"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

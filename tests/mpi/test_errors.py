@@ -67,7 +67,9 @@ def test_ranks_asking_for_different_sbps_are_refused_everywhere(world):
     )
     x = as_global(seeded((size, size)), flow.sbp.broadcast)
     raises_everywhere(
-        ValueError, r"called different klflow collectives.*rank 0: to_global.*rank 1: to_global", lambda: x.to_global(sbp=sbp)
+        ValueError,
+        r"called different klflow collectives.*rank 0: to_global.*rank 1: to_global",
+        lambda: x.to_global(sbp=sbp),
     )
 
 
@@ -114,7 +116,8 @@ def test_loss_called_differently_on_ranks_is_refused(world):
     reduction = "sum" if rank == 0 else "mean"
     raises_everywhere(
         ValueError,
-        r"called different klflow collectives.*rank 0: kl_div\(reduction='sum'.*rank 1: kl_div\(reduction='mean'",
+        r"called different klflow collectives.*"
+        r"rank 0: kl_div\(reduction='sum'.*rank 1: kl_div\(reduction='mean'",
         lambda: F.kl_div(x, y, reduction=reduction),
     )
 

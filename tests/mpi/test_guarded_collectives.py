@@ -47,7 +47,9 @@ def test_materialising_in_a_different_order_is_an_error_not_a_wrong_value(severa
 def test_numpy_of_different_tensors_is_an_error(several):
     rank, _ = several
     x, y, _, _ = _losses()
-    raises_everywhere(CollectiveMismatchError, r"numpy\(\) of tensor", lambda: (x if rank == 0 else y).numpy())
+    raises_everywhere(
+        CollectiveMismatchError, r"numpy\(\) of tensor", lambda: (x if rank == 0 else y).numpy()
+    )
 
 
 @pytest.mark.parametrize("other", ["to_global", "kl_div", "numpy", "backward"])
@@ -62,7 +64,12 @@ def test_item_against_any_other_call_is_an_error_on_every_rank(several, other):
         "numpy": lambda: y.numpy(),
         "backward": lambda: loss.backward(),
     }
-    pattern = {"to_global": "to_global", "kl_div": "kl_div", "numpy": r"numpy\(\)", "backward": r"backward\(\)"}
+    pattern = {
+        "to_global": "to_global",
+        "kl_div": "kl_div",
+        "numpy": r"numpy\(\)",
+        "backward": r"backward\(\)",
+    }
     raises_everywhere(
         CollectiveMismatchError,
         rf"rank 0: item\(\) of tensor #{loss._global_id}.*rank 1: {pattern[other]}",
@@ -122,7 +129,9 @@ def test_a_bad_gradient_on_one_rank_stops_every_rank(several):
     loss = F.kl_div(x, y, reduction="sum")
     gradient = flow.tensor(1.0) if rank == 0 else None  # a local gradient for a global loss
     text = raises_everywhere(
-        CollectiveError, r"backward\(\) failed: rank 0: RuntimeError: gradient must be global", lambda: loss.backward(gradient)
+        CollectiveError,
+        r"backward\(\) failed: rank 0: RuntimeError: gradient must be global",
+        lambda: loss.backward(gradient),
     )
     assert_everywhere("rank 1" not in text, text)
     loss.backward()  # the graph is intact: every rank can still run it
@@ -152,7 +161,9 @@ def test_any_exception_converting_an_argument_on_one_rank_reaches_every_rank(sev
     x, y, _, _ = _losses()
     target = _Unconvertible(error) if rank == 1 else y
     name = type(error).__name__
-    raises_everywhere(CollectiveError, rf"kl_div failed: rank 1: {name}: {error}", lambda: F.kl_div(x, target))
+    raises_everywhere(
+        CollectiveError, rf"kl_div failed: rank 1: {name}: {error}", lambda: F.kl_div(x, target)
+    )
 
 
 def test_an_unknown_keyword_to_to_global_on_one_rank_reaches_every_rank(several):
@@ -217,7 +228,9 @@ def test_two_threads_calling_item_never_get_a_wrong_value(several):
     assert_everywhere(not wrong, f"wrong values: {wrong[:3]}")
     assert_everywhere(all("thread 'worker-" in e for e in errors), f"{errors[:1]}")
     assert_everywhere(len(right) + len(errors) == 40, f"{len(right)} right, {len(errors)} errors")
-    assert_everywhere(F.kl_div(x, y, reduction="sum").item() == expected["sum"], "the ranks are still in step")
+    assert_everywhere(
+        F.kl_div(x, y, reduction="sum").item() == expected["sum"], "the ranks are still in step"
+    )
 
 
 # ----------------------------------------------------------------- 0-d tensors

@@ -71,7 +71,7 @@ def make_global(local_host: np.ndarray, spec: GlobalSpec, exact: Any = None) -> 
 def describe(t: Tensor) -> str:
     """A global tensor as agreements and errors name it: its number in the program order (the
     same on every rank of an SPMD program), layout and dtype."""
-    return f"tensor #{t._global_id} ({t._global.describe()}, {t.dtype})"
+    return f"tensor #{t._global_id} ({t._global.description}, {t.dtype})"
 
 
 # ----------------------------------------------------------------- validation
@@ -110,7 +110,8 @@ def _agreement_problem(rows: list[tuple], placement: Placement, sbp: sbp_module.
         )
     if len({row[4] for row in rows}) > 1:
         return "requires_grad differs between the ranks' local tensors (the backward pass would " + (
-            "communicate on some ranks only): " + ", ".join(f"rank {r}: {row[4]}" for r, row in enumerate(rows))
+            "communicate on some ranks only): "
+            + ", ".join(f"rank {r}: {row[4]}" for r, row in enumerate(rows))
         )
     members = [(r, rows[r]) for r in placement.ranks]
     dtype_names = {row[1] for _, row in members}
@@ -262,8 +263,12 @@ def _local_to_global(t: Tensor, placement: Any, sbp: Any, problem: Exception | N
     if kind.is_broadcast and len(placement) > 1:
         # The value is the first rank's data: every component becomes a copy of it.
         root = placement.ranks[0]
-        with comm.collective(f"to_global() of a local tensor: broadcast from rank {root}, {spec.describe()}") as c:
-            data = c.broadcast_from(_host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy)
+        with comm.collective(
+            f"to_global() of a local tensor: broadcast from rank {root}, {spec.describe()}"
+        ) as c:
+            data = c.broadcast_from(
+                _host(t) if comm.rank() == root else None, root, logical_shape, dtype.numpy
+            )
         out = make_global(data if index is not None else np.empty((0,), dtype=dtype.numpy), spec)
     elif index is None:
         out = make_global(np.empty((0,), dtype=dtype.numpy), spec)
@@ -353,7 +358,9 @@ def materialize(t: Tensor, method: str) -> np.ndarray:
     return boxing.logical_value(_host(t), t._global, f"{method} of {describe(t)}", t._exact)
 
 
-def agree_on_backward(root: Tensor, gradient_given: bool, retain_graph: bool, problem: Exception | None) -> None:
+def agree_on_backward(
+    root: Tensor, gradient_given: bool, retain_graph: bool, problem: Exception | None
+) -> None:
     """Before a backward pass that communicates: every rank runs the same graph, or every rank
     raises the same error (also for a problem found on one rank, such as a bad ``gradient``)."""
     what = describe(root) if root._global is not None else "a local tensor"

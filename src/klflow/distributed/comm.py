@@ -104,12 +104,17 @@ def _advance_global_ids(to: int) -> None:
         _next_id = max(_next_id, to)
 
 
-def _mpi() -> Any:
-    from mpi4py import MPI
+_MPI: Any = None
 
-    if not _fault_handlers_installed:
+
+def _mpi() -> Any:
+    global _MPI
+    if _MPI is None:
+        from mpi4py import MPI
+
+        _MPI = MPI
         _install_fault_handlers(MPI)
-    return MPI
+    return _MPI
 
 
 def rank() -> int:
@@ -128,13 +133,21 @@ def reset_counts() -> None:
 
 # ----------------------------------------------------------------- waiting, bounded
 _timeout_override: float | None = None
+_timeout_from_environment: float | None = None
 
 
 def collective_timeout() -> float:
     """Seconds a rank may wait in one klflow collective before the job is aborted
-    (``KLFLOW_COLLECTIVE_TIMEOUT``, default 600; ``inf`` waits forever)."""
+    (``KLFLOW_COLLECTIVE_TIMEOUT``, read once; default 600; ``inf`` waits forever)."""
+    global _timeout_from_environment
     if _timeout_override is not None:
         return _timeout_override
+    if _timeout_from_environment is None:
+        _timeout_from_environment = _read_timeout()
+    return _timeout_from_environment
+
+
+def _read_timeout() -> float:
     text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
     if not text:
         return DEFAULT_TIMEOUT_S
@@ -152,7 +165,8 @@ def collective_timeout() -> float:
 
 def set_collective_timeout(seconds: float | None) -> None:
     """Override ``KLFLOW_COLLECTIVE_TIMEOUT`` in this process (``None`` reads it again)."""
-    global _timeout_override
+    global _timeout_override, _timeout_from_environment
+    _timeout_from_environment = None
     if seconds is not None and not seconds > 0:
         raise ValueError(f"the collective timeout must be a positive number of seconds, got {seconds!r}")
     _timeout_override = seconds
@@ -166,7 +180,13 @@ def _abort(message: str) -> None:
     _mpi().COMM_WORLD.Abort(WATCHDOG_EXIT_CODE)
 
 
-def _wait(ready: Callable[[], bool], waiting_in: str, missing: Callable[[], str], patient: bool, timeout: float):
+def _wait(
+    ready: Callable[[], bool],
+    waiting_in: str | Callable[[], str],
+    missing: Callable[[], str],
+    patient: bool,
+    timeout: float,
+) -> None:
     """Poll ``ready`` until it is true; abort the job after ``timeout`` seconds.
 
     MPI progresses non-blocking calls only while they are polled, so a data collective is polled
@@ -180,8 +200,9 @@ def _wait(ready: Callable[[], bool], waiting_in: str, missing: Callable[[], str]
     while not ready():
         waited = time.monotonic() - start
         if waited > timeout:
+            where = waiting_in() if callable(waiting_in) else waiting_in
             _abort(
-                f"waited {waited:.1f} s in {waiting_in}; {missing()}. Aborting the job "
+                f"waited {waited:.1f} s in {where}; {missing()}. Aborting the job "
                 f"({TIMEOUT_VARIABLE}={timeout:g} s)."
             )
         if waited < _SPIN_S:
@@ -251,9 +272,23 @@ def _verdict(records: Sequence[_Record]) -> tuple[str, str]:
             f"while other ranks still call klflow collectives"
         )
     else:
-        lead = "the ranks called different klflow collectives (every rank must make the same calls in the same order)"
+        lead = (
+            "the ranks called different klflow collectives (every rank must make the same calls in "
+            "the same order)"
+        )
     return "CollectiveMismatchError", f"{lead}: " + "; ".join(
         f"rank {r}: {rec.label(show_thread)}" for r, rec in enumerate(records)
+    )
+
+
+def _answer_not_taken() -> str:
+    return "a rank did not take the coordinator's answer"
+
+
+def _coordinator_silent() -> str:
+    return (
+        "rank 0, which coordinates every agreement, has not answered (it has not arrived, or waits "
+        "for another rank)"
     )
 
 
@@ -278,6 +313,11 @@ class Communicator:
         self.size = parent.Get_size()
         self.sequence = 0  # agreements so far: the same on every rank of the communicator
         self._lock = threading.RLock()
+        # Agreement buffers, reused under the lock (every send completes before agree returns).
+        self._mine = np.zeros(3, np.int64)  # sequence number, digest, problem flag
+        self._arrivals = np.zeros((self.size, 3), np.int64)
+        self._verdict = np.zeros(2, np.int64)
+        self._testall = _mpi().Request.Testall
 
     # -- setup ---------------------------------------------------------------------------
     def _mpi_comm(self) -> Any:
@@ -317,51 +357,55 @@ class Communicator:
             comm = self._mpi_comm()
             timeout = math.inf if forever else collective_timeout()
             sequence, thread = self.sequence, threading.current_thread().name
-            flag = _OK if problem is None else _PROBLEM
-            mine = np.array([sequence, _digest(op, call, thread), flag], np.int64)
-            waiting_in = f"the agreement on {call} (call {sequence})"
+            mine = self._mine
+            mine[0] = sequence
+            mine[1] = _digest(op, call, thread)
+            mine[2] = _OK if problem is None else _PROBLEM
+
+            def waiting_in() -> str:
+                return f"the agreement on {call} (call {sequence})"
+
             if self.rank == 0:
-                agreed = self._coordinate(comm, mine, waiting_in, timeout)
+                agreed = self._coordinate(comm, waiting_in, timeout)
             else:
-                agreed = self._follow(comm, mine, waiting_in, timeout)
+                agreed = self._follow(comm, waiting_in, timeout)
             if agreed:
                 return
             record = _Record(sequence, op, call, context or call, thread, describe_problem(problem), _next_id)
-            kind, message, next_id = self._exchange_details(comm, record, waiting_in, timeout)
+            kind, message, next_id = self._exchange_details(comm, record, waiting_in(), timeout)
             _advance_global_ids(next_id)
         error = _EXCEPTIONS[kind](message)
         if problem is not None:
             raise error from problem
         raise error
 
-    def _coordinate(self, comm: Any, mine: np.ndarray, waiting_in: str, timeout: float) -> bool:
-        arrivals = np.empty((self.size, 3), np.int64)
-        arrivals[0] = mine
+    def _coordinate(self, comm: Any, waiting_in: Callable[[], str], timeout: float) -> bool:
+        arrivals, testall = self._arrivals, self._testall
+        arrivals[0] = self._mine
         receives = [comm.Irecv(arrivals[r], source=r, tag=_TAG_ARRIVE) for r in range(1, self.size)]
 
         def missing() -> str:
             late = [r for r, request in enumerate(receives, start=1) if not request.Test()]
             return f"ranks {late} of {self.name} have not arrived"
 
-        _wait(lambda: _mpi().Request.Testall(receives), waiting_in, missing, True, timeout)
-        agreed = bool((arrivals[:, :2] == mine[:2]).all() and not arrivals[:, 2].any())
-        verdict = np.array([mine[0], _OK if agreed else _PROBLEM], np.int64)
+        _wait(lambda: testall(receives), waiting_in, missing, True, timeout)
+        rows = arrivals.tolist()
+        sequence, digest, _ = rows[0]
+        agreed = all(row[0] == sequence and row[1] == digest and row[2] == _OK for row in rows)
+        verdict = self._verdict
+        verdict[0], verdict[1] = sequence, _OK if agreed else _PROBLEM
         sends = [comm.Isend(verdict, dest=r, tag=_TAG_VERDICT) for r in range(1, self.size)]
-        _wait(lambda: _mpi().Request.Testall(sends), waiting_in, lambda: "the answer was not taken", False, timeout)
+        _wait(lambda: testall(sends), waiting_in, _answer_not_taken, False, timeout)
         return agreed
 
-    def _follow(self, comm: Any, mine: np.ndarray, waiting_in: str, timeout: float) -> bool:
-        verdict = np.empty(2, np.int64)
-        requests = [comm.Isend(mine, dest=0, tag=_TAG_ARRIVE), comm.Irecv(verdict, source=0, tag=_TAG_VERDICT)]
-        _wait(
-            lambda: _mpi().Request.Testall(requests),
-            waiting_in,
-            lambda: "rank 0, which coordinates every agreement, has not answered (it has not arrived, or "
-            "waits for another rank)",
-            True,
-            timeout + _REPORT_GRACE_S,
-        )
-        return verdict[1] == _OK
+    def _follow(self, comm: Any, waiting_in: Callable[[], str], timeout: float) -> bool:
+        verdict, testall = self._verdict, self._testall
+        requests = [
+            comm.Isend(self._mine, dest=0, tag=_TAG_ARRIVE),
+            comm.Irecv(verdict, source=0, tag=_TAG_VERDICT),
+        ]
+        _wait(lambda: testall(requests), waiting_in, _coordinator_silent, True, timeout + _REPORT_GRACE_S)
+        return int(verdict[1]) == _OK
 
     def _exchange_details(
         self, comm: Any, record: _Record, waiting_in: str, timeout: float
@@ -374,7 +418,13 @@ class Communicator:
                 records.append(self._receive_object(comm, source, _TAG_DETAIL, waiting_in, timeout))
             verdict = (*_verdict(records), max(rec.next_id for rec in records))
             sends = [comm.isend(verdict, dest=r, tag=_TAG_DETAIL_VERDICT) for r in range(1, self.size)]
-            _wait(lambda: _mpi().Request.Testall(sends), waiting_in, lambda: "the verdict was not taken", False, timeout)
+            _wait(
+                lambda: _mpi().Request.Testall(sends),
+                waiting_in,
+                lambda: "the verdict was not taken",
+                False,
+                timeout,
+            )
             return verdict
         send = comm.isend(record, dest=0, tag=_TAG_DETAIL)
         verdict = self._receive_object(comm, 0, _TAG_DETAIL_VERDICT, waiting_in, timeout + _REPORT_GRACE_S)
@@ -445,21 +495,23 @@ class Region:
         """The elementwise sum of every rank's ``values`` (same shape and dtype everywhere)."""
         send = np.asarray(values, dtype=_sum_dtype(values.dtype), order="C")
         recv = np.empty_like(send)
-        comm = self._start("allreduce", f"{send.shape} {send.dtype}")
+        comm = self._start("allreduce", f"{send.shape} {send.dtype.str}")
         if comm is None:
             recv[...] = send
         else:
             self._complete(comm.Iallreduce(send, recv, op=_mpi().SUM), "allreduce")
         return recv.astype(values.dtype, copy=False)
 
-    def broadcast_from(self, values: np.ndarray | None, root: int, shape: Sequence[int], dtype: Any) -> np.ndarray:
+    def broadcast_from(
+        self, values: np.ndarray | None, root: int, shape: Sequence[int], dtype: Any
+    ) -> np.ndarray:
         """``root``'s array on every rank (others pass None or anything; ``shape``/``dtype`` known)."""
         dtype = np.dtype(dtype)
         is_root = self._communicator.rank == root
         buffer = np.array(values, dtype=dtype, order="C") if is_root else np.empty(tuple(shape), dtype=dtype)
         if tuple(buffer.shape) != tuple(shape):
             raise ValueError(f"the broadcast value has shape {list(buffer.shape)}, expected {list(shape)}")
-        comm = self._start("broadcast", f"root {root} {tuple(shape)} {dtype}")
+        comm = self._start("broadcast", f"root {root} {tuple(shape)} {dtype.str}")
         if comm is not None:
             self._complete(comm.Ibcast(buffer.reshape(-1).view(np.uint8), root=root), "broadcast")
         return buffer
@@ -470,7 +522,7 @@ class Region:
         send = np.asarray(local, order="C").reshape(-1).view(np.uint8)
         recv = np.empty(int(sum(counts)) * itemsize, dtype=np.uint8)
         byte_counts = [int(c) * itemsize for c in counts]
-        comm = self._start("allgatherv", f"{list(counts)} {local.dtype}")
+        comm = self._start("allgatherv", f"{list(counts)} {local.dtype.str}")
         if comm is None:
             recv[...] = send
         else:
@@ -478,14 +530,16 @@ class Region:
             self._complete(comm.Iallgatherv(send, spec), "allgatherv")
         return recv.view(local.dtype)
 
-    def alltoallv(self, send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int]) -> np.ndarray:
+    def alltoallv(
+        self, send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int]
+    ) -> np.ndarray:
         """Personalised exchange: ``send`` holds consecutive blocks for ranks 0, 1, …"""
         itemsize = send.dtype.itemsize
         send_bytes = np.asarray(send, order="C").reshape(-1).view(np.uint8)
         sb = [int(c) * itemsize for c in send_counts]
         rb = [int(c) * itemsize for c in recv_counts]
         recv = np.empty(sum(rb), dtype=np.uint8)
-        comm = self._start("alltoallv", f"{send.dtype}")
+        comm = self._start("alltoallv", send.dtype.str)
         if comm is None:
             recv[...] = send_bytes
         else:
@@ -500,12 +554,14 @@ class Region:
         """Sum every rank's ``send`` and give rank r its block of ``recv_counts[r]`` elements."""
         work = np.asarray(send, dtype=_sum_dtype(send.dtype), order="C").reshape(-1)
         recv = np.empty(int(recv_counts[self._communicator.rank]), dtype=work.dtype)
-        comm = self._start("reduce_scatter", f"{list(recv_counts)} {send.dtype}")
+        comm = self._start("reduce_scatter", f"{list(recv_counts)} {send.dtype.str}")
         if comm is None:
             recv[...] = work
         else:
             counts = [int(c) for c in recv_counts]
-            self._complete(comm.Ireduce_scatter(work, recv, recvcounts=counts, op=_mpi().SUM), "reduce_scatter")
+            self._complete(
+                comm.Ireduce_scatter(work, recv, recvcounts=counts, op=_mpi().SUM), "reduce_scatter"
+            )
         return recv.astype(send.dtype, copy=False)
 
     def allgather_objects(self, item: Any) -> list[Any]:
@@ -524,9 +580,12 @@ class Region:
         return [pickle.loads(recv[starts[r] : starts[r + 1]].tobytes()) for r in range(len(counts))]
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     # MPI has no portable float16 sum: add half-precision data in float32 and round once after.
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    return _FLOAT32 if dtype.char == "e" else dtype
 
 
 def _displacements(counts: Sequence[int]) -> list[int]:
@@ -552,7 +611,6 @@ def world() -> Communicator:
     return _world
 
 
-_fault_handlers_installed = False
 _mpi4py_abort_status = 0
 
 
@@ -560,8 +618,6 @@ def _install_fault_handlers(MPI: Any) -> None:
     """In a job of several ranks: an uncaught exception or an ``os._exit`` of the MPI process
     aborts the job, and a rank that ends its program answers the others' collectives until they
     end too. (A plain ``python script.py`` is a world of one: nothing is changed.)"""
-    global _fault_handlers_installed
-    _fault_handlers_installed = True
     if MPI.COMM_WORLD.Get_size() == 1:
         return
     previous_hook = sys.excepthook
@@ -569,13 +625,15 @@ def _install_fault_handlers(MPI: Any) -> None:
     def abort_on_uncaught(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
         previous_hook(kind, error, traceback)
         if MPI.Is_initialized() and not MPI.Is_finalized():
-            sys.stderr.write(f"klflow: rank {MPI.COMM_WORLD.Get_rank()}: uncaught {kind.__name__}; aborting the job\n")
+            sys.stderr.write(
+                f"klflow: rank {MPI.COMM_WORLD.Get_rank()}: uncaught {kind.__name__}; aborting the job\n"
+            )
             sys.stderr.flush()
             MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = abort_on_uncaught
     _guard_abrupt_exit(MPI)
-    _watch_mpi4py_abort_status()
+    _watch_mpi4py_abort_status(MPI)
     atexit.register(_serve_until_every_rank_ends)
 
 
@@ -601,10 +659,9 @@ def _guard_abrupt_exit(MPI: Any) -> None:
     os._exit = exit_aborting_the_job
 
 
-def _watch_mpi4py_abort_status() -> None:
+def _watch_mpi4py_abort_status(MPI: Any) -> None:
     """``python -m mpi4py`` records a failing exit (``sys.exit(3)``, an error) and aborts the job
     when the process ends; keep a copy, so that the exit hook does not delay that abort."""
-    MPI = _mpi()
     original = getattr(MPI, "_set_abort_status", None)
     if original is None:
         return

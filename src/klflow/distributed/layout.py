@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ class GlobalSpec:
 
     def component_numel(self, index: int | None) -> int:
         return math.prod(self.component_shape(index)) if index is not None else 0
+
+    @functools.cached_property
+    def description(self) -> str:
+        return self.describe()
 
     def describe(self) -> str:
         """The layout as agreements and error messages show it: shape, SBP and placement."""
