@@ -75,7 +75,7 @@ def gradient_seed(t: Tensor) -> Tensor:
     The gradient of a partial-sum value reaches every component whole, so it is a broadcast 1.
     """
     if t._global is not None:
-        from klflow.distributed import api
+        from klflow.ops import global_tensors as api
 
         return api.gradient_seed(t)
     seed = Tensor(full(t._data.shape, 1.0, t.dtype, t.device), device=t.device)
@@ -95,7 +95,7 @@ def full(shape: tuple[int, ...], value: float, dtype: dtypes.dtype, device: Devi
 def add(a: Tensor, b: Tensor) -> Tensor:
     """a + b elementwise, for summing gradients of the same shape and dtype."""
     if a._global is not None or b._global is not None:
-        from klflow.distributed import api
+        from klflow.ops import global_tensors as api
 
         return api.add(a, b)
     if a.device != b.device:

@@ -57,7 +57,6 @@ class Tensor:
         self._global = global_info
         # Numbered in program order: the identity that collectives' agreements compare.
         self._global_id = next_global_id() if global_info is not None else None
-        self._exact = None  # exact-sum record of a partial-sum loss (see distributed.loss)
         self._fill_value = None  # set when every element is known to be this value (a seed)
         self.grad_fn = grad_fn
         self.grad: Tensor | None = None
@@ -128,9 +127,7 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """A tensor sharing this one's data, cut from the graph (``requires_grad=False``)."""
-        out = Tensor(self._data, device=self._device, global_info=self._global)
-        out._exact = self._exact
-        return out
+        return Tensor(self._data, device=self._device, global_info=self._global)
 
     def backward(self, gradient: Tensor | Any | None = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) × ``gradient`` into the ``.grad`` of every leaf.
@@ -180,7 +177,7 @@ class Tensor:
         """The (logical) value on the host; ``method`` names the caller in a global tensor's
         agreement, which every rank must reach with the same call."""
         if self._global is not None:
-            from klflow.distributed import api
+            from klflow.ops import global_tensors as api
 
             return api.materialize(self, method)
         if self.is_cuda:
@@ -296,13 +293,13 @@ class Tensor:
     ) -> Tensor:
         """A local tensor as this rank's component of a global one, or a global tensor
         redistributed to another placement/SBP (see ``docs/semantics.md``)."""
-        from klflow.distributed import api
+        from klflow.ops import global_tensors as api
 
         return api.to_global(self, placement, sbp, **kwargs)
 
     def to_local(self) -> Tensor:
         """This rank's component of a global tensor (a local tensor is returned unchanged)."""
-        from klflow.distributed import api
+        from klflow.ops import global_tensors as api
 
         return api.to_local(self)
 

@@ -61,7 +61,7 @@ def test_an_exception_inside_backward_on_one_rank_ends_the_job(tmp_path, ranks):
     result = _run(
         tmp_path,
         """
-        from klflow.distributed import loss as global_loss
+        from klflow.ops import kl_div as global_loss
         x.requires_grad = True
         loss = F.kl_div(x, y, reduction="sum")
         if rank == last:

@@ -137,7 +137,7 @@ def test_a_bad_argument_on_one_rank_stops_every_rank(world):
     bad_dim = 5 if rank == 0 else 1
     raises_everywhere(
         ValueError,
-        r"rank 0: split\(dim=5\) needs more than 5 dimensions",
+        r"rank 0: split\(dim=5\) needs a tensor with more than 5 dimensions",
         lambda: x.to_global(sbp=flow.sbp.split(bad_dim)),
     )
     y = as_global(seeded((size, 2), positive=True), flow.sbp.split(0))

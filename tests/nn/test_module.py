@@ -4,7 +4,6 @@ PyTorch document for ``nn.Module``/``nn.Parameter``."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 import pickle
 from collections import OrderedDict
@@ -672,10 +671,6 @@ class TestCasts:
         assert "no longer available" in message and "to_global()" in message
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("klflow.distributed.api") is None,
-    reason="klflow.distributed.api is not available, so there are no global tensors to make",
-)
 class TestToGlobal:
     def test_to_global_on_one_rank(self):
         net = Net()

@@ -116,7 +116,7 @@ _collective_backward: Callable[..., None] | None = None
 
 def set_collective_backward(check: Callable[..., None]) -> None:
     """Register the agreement that precedes a backward pass through global tensors (set by
-    :mod:`klflow.distributed.api`, which this module must not import)."""
+    :mod:`klflow.ops.global_tensors`, which this module must not import)."""
     global _collective_backward
     _collective_backward = check
 
@@ -127,6 +127,11 @@ def _released_problem() -> RuntimeError:
         "tensors after they have already been freed). Specify retain_graph=True on the "
         "first backward() call if you need to backward through the graph again."
     )
+
+
+def nodes(root: Tensor) -> list[Node]:
+    """The nodes behind ``root``, in the order the engine runs them."""
+    return [] if root.grad_fn is None else _topological_order(root.grad_fn)
 
 
 def communicates(root: Tensor) -> bool:

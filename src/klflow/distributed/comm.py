@@ -62,10 +62,10 @@ _SPIN_S = 1e-4  # busy-poll this long, then yield the CPU between polls
 _YIELD_S = 0.02  # an agreement that has waited this long sleeps between polls
 _MAX_SLEEP_S = 0.005
 
-_TAG_ARRIVE, _TAG_VERDICT, _TAG_DETAIL, _TAG_DETAIL_VERDICT = 1, 2, 3, 4
+_TAG_ARRIVE, _TAG_VERDICT, _TAG_DETAIL, _TAG_DETAIL_VERDICT, _TAG_ENDED = 1, 2, 3, 4, 5
 _OK, _PROBLEM = 0, 1
 _DIGEST_MASK = (1 << 62) - 1
-EXIT_CALL = "the end of its program (no more klflow calls)"
+EXIT_CALL = "the end of its program (no more klflow calls)"  # how an ended rank's call reads
 
 collective_counts: collections.Counter[str] = collections.Counter()
 
@@ -242,8 +242,9 @@ def describe_problem(problem: BaseException | None) -> tuple[str, str] | None:
     return None if problem is None else (type(problem).__name__, str(problem))
 
 
-def _verdict(records: Sequence[_Record]) -> tuple[str, str]:
-    """(exception class name, message) that every rank raises for these records."""
+def _verdict(records: Sequence[_Record], members: Sequence[int]) -> tuple[str, str]:
+    """(exception class name, message) that every rank raises for these records (one per
+    member of the communicator, whose world ranks are ``members``)."""
     problems = [(r, rec) for r, rec in enumerate(records) if rec.problem is not None]
     if problems:
         kinds = {rec.problem[0] for _, rec in problems}
@@ -262,9 +263,11 @@ def _verdict(records: Sequence[_Record]) -> tuple[str, str]:
         if len(problems) == len(records) and len(messages) == 1:
             return kind, messages.pop()
         context = problems[0][1].context
-        return kind, f"{context} failed: " + "; ".join(f"rank {r}: {text(rec)}" for r, rec in problems)
+        return kind, f"{context} failed: " + "; ".join(
+            f"rank {members[r]}: {text(rec)}" for r, rec in problems
+        )
     show_thread = any(rec.thread != "MainThread" for rec in records) or len({r.thread for r in records}) > 1
-    ended = [r for r, rec in enumerate(records) if rec.call == EXIT_CALL]
+    ended = [members[r] for r, rec in enumerate(records) if rec.call == EXIT_CALL]
     if ended and len(ended) < len(records):
         lead = (
             f"rank{'s' if len(ended) > 1 else ''} {', '.join(map(str, ended))} "
@@ -277,7 +280,7 @@ def _verdict(records: Sequence[_Record]) -> tuple[str, str]:
             "the same order)"
         )
     return "CollectiveMismatchError", f"{lead}: " + "; ".join(
-        f"rank {r}: {rec.label(show_thread)}" for r, rec in enumerate(records)
+        f"rank {members[r]}: {rec.label(show_thread)}" for r, rec in enumerate(records)
     )
 
 
@@ -287,9 +290,32 @@ def _answer_not_taken() -> str:
 
 def _coordinator_silent() -> str:
     return (
-        "rank 0, which coordinates every agreement, has not answered (it has not arrived, or waits "
-        "for another rank)"
+        "the first rank of the communicator, which coordinates its agreements, has not answered "
+        "(it has not arrived, or waits for another rank)"
     )
+
+
+@contextlib.contextmanager
+def _watchdog(waiting_in: str, missing: str) -> Iterator[None]:
+    """Abort the job if the block (a blocking MPI call) has not returned within the timeout."""
+    timeout = collective_timeout()
+    if math.isinf(timeout):
+        yield
+        return
+    timer = threading.Timer(
+        timeout,
+        _abort,
+        [
+            f"waited {timeout:g} s in {waiting_in}; {missing}. Aborting the job "
+            f"({TIMEOUT_VARIABLE}={timeout:g} s)."
+        ],
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 _EXCEPTIONS: dict[str, type[Exception]] = {
@@ -302,35 +328,51 @@ _EXCEPTIONS: dict[str, type[Exception]] = {
 
 # ----------------------------------------------------------------- communicators
 class Communicator:
-    """A group of ranks with its own sequence of agreed collectives (MPI traffic on a private
-    duplicate of ``parent``, made by every rank's first collective on it)."""
+    """A group of ranks (``members``, world ranks in order) with its own sequence of agreed
+    collectives, on a private MPI communicator made by the members' first collective on it.
+    Ranks outside the group take part in nothing."""
 
-    def __init__(self, parent: Any, name: str) -> None:
+    def __init__(self, members: tuple[int, ...], name: str) -> None:
         self.name = name
-        self._parent = parent
+        self.members = members
+        self.rank = members.index(rank())
+        self.size = len(members)
         self._comm: Any = None
-        self.rank = parent.Get_rank()
-        self.size = parent.Get_size()
-        self.sequence = 0  # agreements so far: the same on every rank of the communicator
+        self.sequence = 0  # agreements so far: the same on every member
+        self.ended: dict[int, int] = {}  # member index → agreements it completed before it ended
         self._lock = threading.RLock()
         # Agreement buffers, reused under the lock (every send completes before agree returns).
         self._mine = np.zeros(3, np.int64)  # sequence number, digest, problem flag
         self._arrivals = np.zeros((self.size, 3), np.int64)
         self._verdict = np.zeros(2, np.int64)
+        self._notice = np.zeros(1, np.int64)
         self._testall = _mpi().Request.Testall
+
+    def world_rank(self, index: int) -> int:
+        return self.members[index]
 
     # -- setup ---------------------------------------------------------------------------
     def _mpi_comm(self) -> Any:
         if self._comm is None:
-            dup, request = self._parent.Idup()
-            _wait(
-                request.Test,
-                f"setting up {self.name} (every rank's first klflow collective)",
-                lambda: "some rank has not made its first klflow collective call",
-                patient=True,
-                timeout=collective_timeout(),
-            )
+            MPI = _mpi()
+            if self.size == MPI.COMM_WORLD.Get_size():
+                dup, request = MPI.COMM_WORLD.Idup()
+                _wait(
+                    request.Test,
+                    f"setting up {self.name} (every rank's first klflow collective)",
+                    lambda: "some rank has not made its first klflow collective call",
+                    True,
+                    collective_timeout(),
+                )
+            else:
+                # MPI has no non-blocking way to make a communicator of a group: a timer stands
+                # guard while the members meet.
+                group = MPI.COMM_WORLD.Get_group().Incl(list(self.members))
+                with _watchdog(f"setting up {self.name}", "some of its members have not arrived"):
+                    dup = MPI.COMM_WORLD.Create_group(group)
+                group.Free()
             self._comm = dup
+            _communicators_in_use.append(self)
         return self._comm
 
     # -- agreement -------------------------------------------------------------------------
@@ -341,12 +383,10 @@ class Communicator:
         problem: BaseException | None = None,
         *,
         context: str | None = None,
-        forever: bool = False,
     ) -> None:
-        """Return when every rank describes the same ``op``/``call`` and none reports a
-        ``problem``; otherwise raise the same exception on every rank. ``context`` names the
-        operation in problem messages (default: ``call``); ``forever`` waits without a timeout
-        (a rank that has ended its program waits for the others, as ``MPI_Finalize`` would)."""
+        """Return when every member describes the same ``op``/``call`` and none reports a
+        ``problem``; otherwise raise the same exception on every member. ``context`` names the
+        operation in problem messages (default: ``call``)."""
         collective_counts["agreement"] += 1
         with self._lock:
             self.sequence += 1
@@ -355,7 +395,7 @@ class Communicator:
                     raise problem
                 return
             comm = self._mpi_comm()
-            timeout = math.inf if forever else collective_timeout()
+            timeout = collective_timeout()
             sequence, thread = self.sequence, threading.current_thread().name
             mine = self._mine
             mine[0] = sequence
@@ -363,15 +403,15 @@ class Communicator:
             mine[2] = _OK if problem is None else _PROBLEM
 
             def waiting_in() -> str:
-                return f"the agreement on {call} (call {sequence})"
+                return f"the agreement on {call} (call {sequence} on {self.name})"
 
+            record = _Record(sequence, op, call, context or call, thread, describe_problem(problem), _next_id)
             if self.rank == 0:
                 agreed = self._coordinate(comm, waiting_in, timeout)
             else:
-                agreed = self._follow(comm, waiting_in, timeout)
+                agreed = self._follow(comm, waiting_in, timeout, record)
             if agreed:
                 return
-            record = _Record(sequence, op, call, context or call, thread, describe_problem(problem), _next_id)
             kind, message, next_id = self._exchange_details(comm, record, waiting_in(), timeout)
             _advance_global_ids(next_id)
         error = _EXCEPTIONS[kind](message)
@@ -379,52 +419,98 @@ class Communicator:
             raise error from problem
         raise error
 
+    def _take_notices(self) -> None:
+        """Record the members that have ended their programs (see :func:`_notify_every_group`)."""
+        comm, MPI = self._comm, _mpi()
+        status = MPI.Status()
+        while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_ENDED, status=status):
+            source = status.Get_source()
+            comm.Recv(self._notice, source=source, tag=_TAG_ENDED)
+            self.ended[source] = int(self._notice[0])
+
+    def _gone(self, member: int) -> bool:
+        """Whether ``member`` ended before reaching this agreement (it will never arrive)."""
+        return member in self.ended and self.ended[member] < self.sequence
+
     def _coordinate(self, comm: Any, waiting_in: Callable[[], str], timeout: float) -> bool:
         arrivals, testall = self._arrivals, self._testall
         arrivals[0] = self._mine
-        receives = [comm.Irecv(arrivals[r], source=r, tag=_TAG_ARRIVE) for r in range(1, self.size)]
+        alive = [m for m in range(1, self.size) if not self._gone(m)]
+        receives = {m: comm.Irecv(arrivals[m], source=m, tag=_TAG_ARRIVE) for m in alive}
+        pending = list(receives.values())
+
+        def ready() -> bool:
+            if testall(pending):
+                return True
+            self._take_notices()
+            for m in [m for m in receives if self._gone(m)]:
+                request = receives.pop(m)
+                if not request.Test():
+                    request.Cancel()
+                    request.Wait()
+                pending[:] = list(receives.values())
+            return not receives or testall(pending)
 
         def missing() -> str:
-            late = [r for r, request in enumerate(receives, start=1) if not request.Test()]
+            late = [self.members[m] for m, request in receives.items() if not request.Test()]
             return f"ranks {late} of {self.name} have not arrived"
 
-        _wait(lambda: testall(receives), waiting_in, missing, True, timeout)
+        _wait(ready, waiting_in, missing, True, timeout)
         rows = arrivals.tolist()
         sequence, digest, _ = rows[0]
-        agreed = all(row[0] == sequence and row[1] == digest and row[2] == _OK for row in rows)
+        agreed = len(receives) == self.size - 1 and all(
+            row[0] == sequence and row[1] == digest and row[2] == _OK for row in rows
+        )
         verdict = self._verdict
         verdict[0], verdict[1] = sequence, _OK if agreed else _PROBLEM
-        sends = [comm.Isend(verdict, dest=r, tag=_TAG_VERDICT) for r in range(1, self.size)]
+        sends = [comm.Isend(verdict, dest=m, tag=_TAG_VERDICT) for m in receives]
         _wait(lambda: testall(sends), waiting_in, _answer_not_taken, False, timeout)
         return agreed
 
-    def _follow(self, comm: Any, waiting_in: Callable[[], str], timeout: float) -> bool:
+    def _follow(self, comm: Any, waiting_in: Callable[[], str], timeout: float, record: _Record) -> bool:
         verdict, testall = self._verdict, self._testall
-        requests = [
-            comm.Isend(self._mine, dest=0, tag=_TAG_ARRIVE),
-            comm.Irecv(verdict, source=0, tag=_TAG_VERDICT),
-        ]
-        _wait(lambda: testall(requests), waiting_in, _coordinator_silent, True, timeout + _REPORT_GRACE_S)
+        send = comm.Isend(self._mine, dest=0, tag=_TAG_ARRIVE)
+        receive = comm.Irecv(verdict, source=0, tag=_TAG_VERDICT)
+        requests = [send, receive]
+
+        def ready() -> bool:
+            if testall(requests):
+                return True
+            self._take_notices()
+            return self._gone(0)
+
+        if not self._gone(0):
+            _wait(ready, waiting_in, _coordinator_silent, True, timeout + _REPORT_GRACE_S)
+        if self._gone(0) and not receive.Test():
+            for request in requests:
+                if not request.Test():
+                    request.Cancel()
+                    request.Wait()
+            raise CollectiveMismatchError(
+                f"rank {self.members[0]} has ended its program (after its call {self.ended[0]} on "
+                f"{self.name}) while rank {self.members[self.rank]} calls {record.call} (call "
+                f"{record.sequence})"
+            )
         return int(verdict[1]) == _OK
 
     def _exchange_details(
         self, comm: Any, record: _Record, waiting_in: str, timeout: float
     ) -> tuple[str, str, int]:
-        """Gather every rank's record at the coordinator, which composes one verdict for all:
-        (exception class name, message, the global-tensor number every rank continues from)."""
+        """Gather every member's record at the coordinator, which composes one verdict for all:
+        (exception class name, message, the global-tensor number every rank continues from).
+        Members that have ended count as calling :data:`EXIT_CALL`."""
         if self.rank == 0:
             records = [record]
-            for source in range(1, self.size):
-                records.append(self._receive_object(comm, source, _TAG_DETAIL, waiting_in, timeout))
-            verdict = (*_verdict(records), max(rec.next_id for rec in records))
-            sends = [comm.isend(verdict, dest=r, tag=_TAG_DETAIL_VERDICT) for r in range(1, self.size)]
-            _wait(
-                lambda: _mpi().Request.Testall(sends),
-                waiting_in,
-                lambda: "the verdict was not taken",
-                False,
-                timeout,
-            )
+            alive = []
+            for member in range(1, self.size):
+                if self._gone(member):
+                    records.append(_Record(self.ended[member] + 1, "exit", EXIT_CALL, EXIT_CALL, "", None, 0))
+                    continue
+                alive.append(member)
+                records.append(self._receive_object(comm, member, _TAG_DETAIL, waiting_in, timeout))
+            verdict = (*_verdict(records, self.members), max(rec.next_id for rec in records))
+            sends = [comm.isend(verdict, dest=m, tag=_TAG_DETAIL_VERDICT) for m in alive]
+            _wait(lambda: self._testall(sends), waiting_in, _answer_not_taken, False, timeout)
             return verdict
         send = comm.isend(record, dest=0, tag=_TAG_DETAIL)
         verdict = self._receive_object(comm, 0, _TAG_DETAIL_VERDICT, waiting_in, timeout + _REPORT_GRACE_S)
@@ -444,11 +530,21 @@ class Communicator:
         _wait(ready, waiting_in, lambda: f"rank {source} has not sent its description", True, timeout)
         return found[0]
 
+    def notify_ended(self) -> None:
+        """Tell the members that this rank has ended its program: the coordinator tells every
+        member, any other member tells the coordinator (which answers for it from then on)."""
+        if self._comm is None or self.size == 1:
+            return
+        self._notice[0] = self.sequence
+        targets = range(1, self.size) if self.rank == 0 else [0]
+        sends = [self._comm.Isend(self._notice, dest=m, tag=_TAG_ENDED) for m in targets]
+        _wait(lambda: self._testall(sends), f"ending on {self.name}", _answer_not_taken, False, 5.0)
+
     # -- data --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def collective(self, call: str, context: str | None = None) -> Iterator[Region]:
         """A region that prepares and runs one data collective: an exception raised in it before
-        the collective's agreement reaches every rank as the same error (through the agreement)."""
+        the collective's agreement reaches every member as the same error (through the agreement)."""
         with self._lock:
             region = Region(self, call, context)
             try:
@@ -597,18 +693,37 @@ def _displacements(counts: Sequence[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------- the world and faults
-_world: Communicator | None = None
-_world_lock = threading.Lock()
+_communicators: dict[tuple[int, ...], Communicator] = {}
+_communicators_in_use: list[Communicator] = []  # those whose MPI communicator exists, in order
+_registry_lock = threading.Lock()
+
+
+def for_ranks(members: Sequence[int], name: str | None = None) -> Communicator:
+    """The communicator of these world ranks, in this order (made once, on first use; only
+    members may ask for it)."""
+    key = tuple(int(m) for m in members)
+    found = _communicators.get(key)
+    if found is None:
+        with _registry_lock:
+            found = _communicators.get(key)
+            if found is None:
+                if rank() not in key:
+                    raise RuntimeError(
+                        f"rank {rank()} asked for the communicator of ranks {list(key)}, which it is not in"
+                    )
+                size = world_size()
+                if key == tuple(range(size)):
+                    label = "the world communicator"
+                else:
+                    label = name or f"the communicator of ranks {list(key)}"
+                found = Communicator(key, label)
+                _communicators[key] = found
+    return found
 
 
 def world() -> Communicator:
     """Every rank of the job."""
-    global _world
-    if _world is None:
-        with _world_lock:
-            if _world is None:
-                _world = Communicator(_mpi().COMM_WORLD, "the world communicator")
-    return _world
+    return for_ranks(range(world_size()))
 
 
 _mpi4py_abort_status = 0
@@ -634,7 +749,7 @@ def _install_fault_handlers(MPI: Any) -> None:
     sys.excepthook = abort_on_uncaught
     _guard_abrupt_exit(MPI)
     _watch_mpi4py_abort_status(MPI)
-    atexit.register(_serve_until_every_rank_ends)
+    atexit.register(_notify_every_group)
 
 
 def _guard_abrupt_exit(MPI: Any) -> None:
@@ -674,29 +789,17 @@ def _watch_mpi4py_abort_status(MPI: Any) -> None:
     MPI._set_abort_status = recording
 
 
-def _serve_until_every_rank_ends() -> None:
-    MPI = _mpi()
-    communicator = _world
-    if communicator is None or communicator._comm is None or MPI.Is_finalized() or _mpi4py_abort_status:
-        return
-    if not communicator._lock.acquire(timeout=1.0):
-        return  # a daemon thread is inside a collective: MPI_Finalize decides
-    noted = False
-    try:
-        while True:
+def _notify_every_group() -> None:
+    """At the end of a rank's program, tell every group it communicated with, so that a member
+    still calling collectives with it gets an error at once instead of waiting."""
+    if _MPI is None or _MPI.Is_finalized() or _mpi4py_abort_status:
+        return  # under python -m mpi4py a failing exit aborts the whole job right away
+    for communicator in list(_communicators_in_use):
+        if communicator._lock.acquire(timeout=1.0):  # else a daemon thread is inside a collective
             try:
-                communicator.agree("exit", EXIT_CALL, forever=True)
-                return
-            except (CollectiveMismatchError, CollectiveError, TypeError, ValueError) as err:
-                if not noted:
-                    sys.stderr.write(
-                        f"klflow: rank {communicator.rank} has ended its program; it answers the other "
-                        f"ranks' klflow calls with an error until they end too: {err}\n"
-                    )
-                    sys.stderr.flush()
-                    noted = True
-    finally:
-        communicator._lock.release()
+                communicator.notify_ended()
+            finally:
+                communicator._lock.release()
 
 
 # ----------------------------------------------------------------- module-level conveniences

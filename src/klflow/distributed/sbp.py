@@ -10,7 +10,6 @@ every component is the whole value; ``partial_sum``: the value is the sum of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +58,36 @@ broadcast = SbpParallel("broadcast")
 partial_sum = SbpParallel("partial_sum")
 
 
-def as_signature(sbp: Any) -> tuple[SbpParallel, ...]:
-    """A single SBP value or a sequence of them as OneFlow's tuple form (one entry per mesh axis).
+def as_signature(sbp: Any, mesh_axes: int = 1) -> tuple[SbpParallel, ...]:
+    """A single SBP value or a sequence of them as OneFlow's tuple form: one entry per mesh axis
+    of the placement (``mesh_axes``). A single value is accepted for a one-axis placement only.
 
-    klflow places tensors on a one-dimensional list of ranks, so the signature has one entry.
+    >>> as_signature(broadcast), as_signature([split(0), broadcast], mesh_axes=2)
+    ((klflow.sbp.broadcast,), (klflow.sbp.split(dim=0), klflow.sbp.broadcast))
     """
-    items: Sequence[Any] = (sbp,) if isinstance(sbp, SbpParallel) else tuple(sbp)
-    if len(items) != 1 or not isinstance(items[0], SbpParallel):
-        raise ValueError(
-            f"sbp must be one klflow.sbp value (or a 1-tuple of one) for a 1-D placement; got {sbp!r}"
+    if isinstance(sbp, SbpParallel):
+        if mesh_axes != 1:
+            raise ValueError(
+                f"a placement with {mesh_axes} mesh axes needs an sbp tuple of {mesh_axes} entries "
+                f"(one per axis, e.g. (flow.sbp.split(0), flow.sbp.broadcast)); got the single "
+                f"value {sbp!r}"
+            )
+        return (sbp,)
+    try:
+        items = tuple(sbp)
+    except TypeError:
+        raise TypeError(
+            f"sbp must be a klflow.sbp value or a tuple of them (one per mesh axis); got {sbp!r}"
+        ) from None
+    bad = [item for item in items if not isinstance(item, SbpParallel)]
+    if bad:
+        raise TypeError(
+            f"sbp must be a klflow.sbp value or a tuple of them (one per mesh axis); got {bad[0]!r} "
+            f"in {sbp!r}"
         )
-    return (items[0],)
+    if len(items) != mesh_axes:
+        raise ValueError(
+            f"the sbp signature has {len(items)} entries but the placement has {mesh_axes} mesh "
+            f"ax{'is' if mesh_axes == 1 else 'es'}: give one sbp per axis; got {sbp!r}"
+        )
+    return items

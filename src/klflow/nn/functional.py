@@ -101,11 +101,18 @@ def kl_div(
 
 
 def _agree_across_ranks(problem, input, target, reduction, log_target) -> None:
-    """For global inputs a mistake on one rank must stop every rank before any collective, and
-    every rank must be making the same call (an SPMD program)."""
-    from klflow.distributed import api, comm
+    """For global inputs a mistake on one rank must stop every rank of the placement before any
+    collective, and every rank must be making the same call (an SPMD program). Ranks outside the
+    placement take part in nothing."""
+    from klflow.ops import global_tensors
 
-    if not api.spmd_checks_enabled():
+    if not global_tensors.spmd_checks_enabled():
+        if problem is not None:
+            raise problem
+        return
+    placements = [t.placement for t in (input, target) if isinstance(t, Tensor) and t.is_global]
+    group = global_tensors.communicator_of(placements[0])
+    if group is None:
         if problem is not None:
             raise problem
         return
@@ -115,12 +122,12 @@ def _agree_across_ranks(problem, input, target, reduction, log_target) -> None:
             f"kl_div(reduction={reduction!r}, log_target={log_target!r}) of input "
             f"{_argument(input)} and target {_argument(target)}"
         )
-    comm.agree(call, problem, context="kl_div")
+    group.agree("check", call, problem, context="kl_div")
 
 
 def _argument(t: Tensor) -> str:
-    from klflow.distributed import api
+    from klflow.ops import global_tensors
 
     if not t.is_global:
         return "a local tensor"
-    return f"{api.describe(t)}{' requiring grad' if t.requires_grad else ''}"
+    return f"{global_tensors.describe(t)}{' requiring grad' if t.requires_grad else ''}"

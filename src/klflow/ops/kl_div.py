@@ -1,7 +1,14 @@
-"""Dispatch of the KL-divergence loss: pick the backend, apply the reduction, record the backward.
+"""Dispatch of the KL-divergence loss for local and global tensors: pick the backend, apply the
+reduction, keep the partial sum, record the backward.
 
-Inputs arrive validated (see :mod:`klflow.nn.functional`). Global inputs go to
-:mod:`klflow.distributed.loss`, which computes on the local components with the same functions.
+Inputs arrive validated (see :mod:`klflow.nn.functional`). Global inputs are computed where they
+live, on each rank's components with the same functions as local ones. A reduced loss is
+partial_sum along every mesh axis where the inputs are split and broadcast where they are
+broadcast (``mean``/``batchmean`` divide by the *logical* numel / shape[0]); its spec carries the
+rank's exact partial (:class:`klflow.distributed.partials.PartialSum`), so materialising it
+all-reduces integers and gives the single-process bits. ``none`` keeps the inputs' SBP.
+Partial-sum inputs are first made broadcast (the loss is not linear in them) and a target with
+another layout is boxed to the input's.
 
 >>> import klflow as flow
 >>> x = flow.tensor([0.5, 1.0]); y = flow.tensor([0.25, 0.75])
@@ -11,11 +18,16 @@ tensor(-0.7187, dtype=klflow.float32)
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from klflow.autograd import graph
+from klflow.distributed import sbp as sbp_module
+from klflow.distributed.layout import GlobalSpec
+from klflow.distributed.partials import PartialSum
+from klflow.ops import global_tensors
 from klflow.ops.reduction import grad_name, reduction_divisor
 from klflow.tensor import Tensor
 
@@ -148,8 +160,115 @@ def kl_div_local(
 def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> Tensor:
     """The loss for validated inputs (both local, or both global on one placement)."""
     if input.is_global:
-        from klflow.distributed import loss as global_loss
-
-        return global_loss.kl_div(input, target, reduction, log_target)
+        return _kl_div_global(input, target, reduction, log_target)
     out, _ = kl_div_local(input, target, reduction, log_target, exact_state_needed=False)
+    return out
+
+
+# ----------------------------------------------------------------- global inputs
+def _uses_bounded_sum(input: Tensor) -> bool:
+    """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
+    (the dtype and the placement's device type are global)."""
+    from klflow.kernels import cpu
+
+    return backend_for(input) is cpu and input.dtype.numpy in cpu.BOUNDED_DTYPES
+
+
+def _partial_sum(state: Any, input: Tensor, target: Tensor, log_target: bool, divisor: int) -> PartialSum:
+    """This rank's :class:`PartialSum` from the backend's partial (an exact state, or the bounded
+    path's block sums)."""
+    from klflow.kernels import cpu
+
+    if not _uses_bounded_sum(input):
+        return PartialSum(backend_for(input).exact_state(state), 0.0, divisor, input.dtype)
+    if isinstance(state, cpu.BoundedSum):
+        x, y = input._data, target._data
+
+        @functools.cache
+        def exact_state() -> np.ndarray:
+            return cpu.reduce_sum(x, y, log_target)[0]
+
+        return PartialSum(state.state, state.magnitude_total, divisor, input.dtype, exact_state)
+    return PartialSum(state, 0.0, divisor, input.dtype)  # already exact: nothing to bound
+
+
+class GlobalLossNode(graph.Node):
+    """Runs the local loss gradient on this rank's components and rewraps it as global tensors."""
+
+    is_global = True
+
+    def __init__(
+        self, input: Tensor, target: Tensor, local_node: graph.Node | None, out_spec: GlobalSpec, op_name: str
+    ) -> None:
+        super().__init__([input, target])
+        self.op_name = op_name
+        self.local_node = local_node
+        self.out_spec = out_spec
+        self.input_specs = (input._global.layout(), target._global.layout())
+
+    def placements(self) -> list[Any]:
+        return [self.out_spec.placement]
+
+    def signature(self) -> str:
+        flags = "".join("1" if self.needs_input_grad(i) else "0" for i in range(2))
+        layouts = ", ".join(spec.describe() for spec in (self.out_spec, *self.input_specs))
+        return f"{self.name()}[{layouts}, grads {flags}]"
+
+    def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        grad = global_tensors.box(
+            grad_output, global_tensors.gradient_spec(self.out_spec), f"backward() through {self.name()}"
+        )
+        if self.local_node is None:  # this rank holds no component
+            return tuple(
+                global_tensors.empty_component(spec, grad.dtype.numpy) if self.needs_input_grad(i) else None
+                for i, spec in enumerate(self.input_specs)
+            )
+        local_grad = Tensor(grad._data, device=grad.device)
+        local_grad._fill_value = grad._fill_value
+        local_grads = self.local_node.backward(local_grad)
+        return tuple(
+            None if g is None else Tensor(g._data, device=g.device, global_info=spec)
+            for g, spec in zip(local_grads, self.input_specs, strict=True)
+        )
+
+    def release(self) -> None:
+        super().release()
+        if self.local_node is not None:
+            self.local_node.release()
+
+
+def _kl_div_global(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> Tensor:
+    if input._global.partial_axes():
+        sbp = tuple(sbp_module.broadcast if s.is_partial_sum else s for s in input.sbp)
+        input = global_tensors.redistributed(input, input._global.with_sbp(sbp), "kl_div: its input")
+    if target._global.layout() != input._global.layout():
+        target = global_tensors.redistributed(target, input._global.layout(), "kl_div: its target")
+    spec: GlobalSpec = input._global.layout()
+    reduced_sbp = tuple(sbp_module.partial_sum if s.is_split else s for s in spec.sbp)
+    out_spec = spec if reduction == "none" else GlobalSpec(spec.placement, reduced_sbp, ())
+    record = graph.is_grad_enabled() and (input.requires_grad or target.requires_grad)
+    local_node = None
+    if not global_tensors.is_member(spec.placement):
+        out = global_tensors.empty_component(out_spec, input.dtype.numpy)
+    else:
+        local_input = Tensor(input._data, device=input.device, requires_grad=input.requires_grad)
+        local_target = Tensor(target._data, device=target.device, requires_grad=target.requires_grad)
+        result, state = kl_div_local(
+            local_input,
+            local_target,
+            reduction,
+            log_target,
+            divisor_shape=spec.shape,
+            exact_state_needed=not _uses_bounded_sum(input),
+        )
+        local_node = result.grad_fn
+        if reduction != "none" and out_spec.partial_axes():
+            divisor = reduction_divisor(reduction, spec.shape)
+            partial = _partial_sum(state, input, target, log_target, divisor)
+            out_spec = GlobalSpec(out_spec.placement, out_spec.sbp, out_spec.shape, partial)
+        out = Tensor(result._data, device=result.device, global_info=out_spec)
+    if record:
+        name = grad_name(reduction, spec.shape)  # the same on ranks that hold no component
+        out.grad_fn = GlobalLossNode(input, target, local_node, out_spec.layout(), name)
+        out._requires_grad = True
     return out
