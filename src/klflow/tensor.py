@@ -313,7 +313,8 @@ class Tensor:
         placement = sbp = None
         if self._global is not None:
             placement = repr(self._global.placement)
-            sbp = "(" + "".join(f"{s!r}," for s in self._global.sbp) + ")"
+            entries = [repr(s) for s in self._global.sbp]
+            sbp = f"({entries[0]},)" if len(entries) == 1 else f"({', '.join(entries)})"
         return printing.tensor_repr(
             np.asarray(self._value("repr()")),
             dtype_name=repr(self._dtype),

@@ -129,6 +129,8 @@ def world_size() -> int:
 
 def reset_counts() -> None:
     collective_counts.clear()
+    for communicator in _communicators.values():
+        communicator.counts.clear()
 
 
 # ----------------------------------------------------------------- waiting, bounded
@@ -340,6 +342,7 @@ class Communicator:
         self._comm: Any = None
         self.sequence = 0  # agreements so far: the same on every member
         self.ended: dict[int, int] = {}  # member index → agreements it completed before it ended
+        self.counts: collections.Counter[str] = collections.Counter()  # data collectives run here
         self._lock = threading.RLock()
         # Agreement buffers, reused under the lock (every send completes before agree returns).
         self._mine = np.zeros(3, np.int64)  # sequence number, digest, problem flag
@@ -572,6 +575,7 @@ class Region:
         communicator = self._communicator
         communicator.agree(op, f"{self.call} [{op} {signature}]", context=self.context)
         collective_counts[op] += 1
+        communicator.counts[op] += 1
         return communicator._comm if communicator.size > 1 else None
 
     def _complete(self, request: Any, op: str) -> None:
