@@ -358,7 +358,7 @@ class Communicator:
     def _mpi_comm(self) -> Any:
         if self._comm is None:
             MPI = _mpi()
-            if self.size == MPI.COMM_WORLD.Get_size():
+            if self.members == tuple(range(MPI.COMM_WORLD.Get_size())):
                 dup, request = MPI.COMM_WORLD.Idup()
                 _wait(
                     request.Test,
