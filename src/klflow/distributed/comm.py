@@ -177,7 +177,7 @@ def library() -> dict[str, str]:
     """Which MPI library this process loaded: what ``python -m klflow info`` reports.
 
     mpi4py picks its MPI at import (see the README's install section); this says what it got.
-    Raises the loader's error when no MPI library can be loaded.
+    Raises :class:`MPIUnavailable` when no MPI library can be loaded.
     """
     MPI = _mpi()
     vendor, version = MPI.get_vendor()
