@@ -62,3 +62,12 @@ def test_import_sizes_the_thread_pool_per_rank():
 
 def test_numba_num_threads_wins():
     assert _threads_in_fresh_process({"MPI_LOCALNRANKS": "2", "NUMBA_NUM_THREADS": "1"}) == 1
+
+
+@pytest.mark.parametrize("variable", ["PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"])
+def test_the_launchers_rank_is_read_without_starting_mpi(monkeypatch, variable):
+    for name in env._RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert env.launcher_rank() == 0
+    monkeypatch.setenv(variable, "3")
+    assert env.launcher_rank() == 3

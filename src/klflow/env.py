@@ -13,6 +13,8 @@ from klflow.distributed import comm
 
 # Variables launchers set for the number of ranks sharing this node (MPICH/Hydra, Open MPI, Slurm).
 _LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+# ... and for this process's rank in the job (PMI: Hydra, Intel MPI, srun --mpi=pmi2; Open MPI; PMIx; Slurm).
+_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 def get_rank() -> int:
@@ -23,6 +25,17 @@ def get_rank() -> int:
 def get_world_size() -> int:
     """Number of ranks in the job (1 when not launched by mpiexec)."""
     return comm.world_size()
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher announced it, read without starting MPI (0 without one).
+
+    For what must happen before MPI starts, such as printing ``--help`` once per job.
+    """
+    for name in _RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def get_local_rank() -> int:

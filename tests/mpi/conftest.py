@@ -2,12 +2,14 @@
 
 Every rank runs every test on the same seeded data. Assertions that could differ between ranks
 go through :func:`assert_everywhere`, so all ranks learn whether all passed and fail together
-instead of drifting out of step in later collectives.
+instead of drifting out of step in later collectives. Rank 0 alone prints pytest's report; the
+other ranks print only their failures (:mod:`rank_output`).
 """
 
 from __future__ import annotations
 
 import pytest
+from rank_output import report_from_rank_zero_only
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,6 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     expected = config.getoption("--expected-ranks")
     size = MPI.COMM_WORLD.Get_size()
+    report_from_rank_zero_only(config, MPI.COMM_WORLD.Get_rank())
     if expected is not None and size != expected:
         raise pytest.UsageError(
             f"COMM_WORLD has {size} rank(s) but --expected-ranks={expected}: mpiexec and mpi4py "

@@ -5,7 +5,7 @@ every reduction × log_target × dtype (and the input gradient), and compares th
 result with an independent float64 NumPy reference, and bit for bit with the single-process
 klflow value. Rank 0 prints the table; every rank exits non-zero on any mismatch.
 
-    mpiexec -n 4 python -m mpi4py -m klflow check --config configs/default.toml
+    mpiexec -n 4 python -m mpi4py -m klflow check --config quick
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import klflow as flow
+from klflow import info
 from klflow.check.config import CheckConfig
 from klflow.distributed.layout import balanced_offsets
 
@@ -175,6 +176,16 @@ def format_row(r: CaseResult) -> str:
     )
 
 
+def format_tolerances(cfg: CheckConfig) -> str:
+    """The relative tolerances of the dtypes this run checks, e.g. ``float32 1e-06, float64 1e-13``."""
+    return ", ".join(f"{dtype} {cfg.tolerances[dtype]:g}" for dtype in cfg.dtypes)
+
+
+COMPILING = (
+    "klflow check: compiling klflow's kernels first, as numba's cache has none of them yet "
+    "(once per machine and kernel version: later runs load them from the cache)"
+)
+
 HEADER = (
     f"{'dtype':<8} {'input':<6} {'target':<6} {'reduction':<9} {'log_t':<6} {'value':>16} "
     f"{'rel.err':>9} {'grad.err':>9} {'same bits':>9} {'status':>6}"
@@ -190,9 +201,12 @@ def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stder
         if rank == 0
         else (lambda *a, **k: None)
     )
+    if info.kernels_need_compiling():
+        say(COMPILING)
     say(
-        f"klflow check: {size} rank(s), shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases, "
-        f"tolerances {cfg.tolerances}, bitwise={cfg.bitwise}"
+        f"klflow check: {size} rank(s), shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases; "
+        f"relative tolerance {format_tolerances(cfg)}; "
+        f"reduced values {'must be' if cfg.bitwise else 'need not be'} bitwise equal to one process's"
     )
     say(HEADER)
     results = []

