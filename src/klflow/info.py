@@ -126,7 +126,7 @@ def _mpi() -> dict[str, str]:
     try:
         library = comm.library()
         size = comm.world_size()
-        hosts = comm.allgather_metadata(socket.gethostname())
+        hosts = comm.allgather_objects(socket.gethostname(), call="klflow info: the hosts")
     except comm.MPIUnavailable as err:
         return {"MPI": " ".join(str(err).split())}
     return {

@@ -38,7 +38,7 @@ def test_names_are_bundled_configs_and_paths_are_relative_to_the_current_folder(
     assert config.resolve("quick.toml") == tmp_path / "quick.toml"
     assert config.resolve("sub/x") == tmp_path / "sub" / "x"
     with pytest.raises(
-        config.ConfigError, match=r"no bundled config named 'quik'; bundled: default, large, quick"
+        config.ConfigError, match=r"no bundled config named 'quik'; bundled: default, large, mesh, quick"
     ):
         config.resolve("quik")
 
@@ -51,7 +51,8 @@ def test_every_key_the_parser_knows_is_documented():
             "dtypes": ["float32"],
             "reductions": ["sum"],
             "log_target": [True],
-            "sbps": ["broadcast"],
+            "mesh": [1, 1],
+            "sbps": ["broadcast, split(1)"],
             "mixed_sbp": False,
             "backward": False,
             "bitwise": False,
@@ -63,6 +64,22 @@ def test_every_key_the_parser_knows_is_documented():
     text = config.describe_keys()
     for key in config.KEYS:
         assert f"{key.name} = {key.default}" in text
+
+
+def test_mesh_configs_need_one_layout_per_axis_and_the_right_rank_count():
+    cfg = config.parse({"data": {"shape": [4, 3]}, "run": {"mesh": [2, 2], "sbps": ["split(0), broadcast"]}})
+    assert cfg.mesh == (2, 2) and cfg.sbps == ("split(0), broadcast",)
+    config.check_mesh(cfg, 4)
+    with pytest.raises(config.ConfigError, match=r"run.mesh \[2, 2\] has 4 places but the job has 2 rank"):
+        config.check_mesh(cfg, 2)
+    with pytest.raises(config.ConfigError, match="with 1 entries, but the mesh has 2 axes"):
+        config.parse({"data": {"shape": [4, 3]}, "run": {"mesh": [2, 2], "sbps": ["split(0)"]}})
+    with pytest.raises(config.ConfigError, match="needs run.sbps with one layout per mesh axis"):
+        config.parse({"data": {"shape": [4, 3]}, "run": {"mesh": [2, 2]}})
+    with pytest.raises(config.ConfigError, match="positive integers"):
+        config.parse({"data": {"shape": [4, 3]}, "run": {"mesh": [2, 0], "sbps": ["broadcast, broadcast"]}})
+    with pytest.raises(config.ConfigError, match="split\\(<dim>\\)' per mesh axis"):
+        config.parse({"data": {"shape": [4, 3]}, "run": {"mesh": [2, 2], "sbps": ["split(0), S(1)"]}})
 
 
 def test_memory_is_checked_before_anything_is_allocated():

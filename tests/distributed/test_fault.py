@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mpi_jobs import needs_mpiexec, run_job
 
-TIMEOUT_S = 5  # KLFLOW_COLLECTIVE_TIMEOUT in these jobs
+TIMEOUT_S = 5  # KLFLOW_COLLECTIVE_TIMEOUT of the job that tests the watchdog
+OTHER_TIMEOUT_S = 120  # the others' (a loaded machine must not make a healthy wait look hung)
 HANG_GUARD_S = 240  # far beyond a healthy run (start-up included); only a hang reaches it
 
 pytestmark = needs_mpiexec
@@ -31,10 +32,12 @@ ranks = pytest.mark.parametrize("ranks", [2, 3, 4])
 launchers = pytest.mark.parametrize("mpi4py_main", [False, True], ids=["python", "python-m-mpi4py"])
 
 
-def _run(tmp_path: Path, body: str, ranks: int, mpi4py_main: bool = False):
+def _run(
+    tmp_path: Path, body: str, ranks: int, mpi4py_main: bool = False, timeout_s: float = OTHER_TIMEOUT_S
+):
     script = tmp_path / "job.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    return run_job(script, ranks, HANG_GUARD_S, {"KLFLOW_COLLECTIVE_TIMEOUT": str(TIMEOUT_S)}, mpi4py_main)
+    return run_job(script, ranks, HANG_GUARD_S, {"KLFLOW_COLLECTIVE_TIMEOUT": str(timeout_s)}, mpi4py_main)
 
 
 @ranks
@@ -164,6 +167,7 @@ def test_a_rank_that_waits_too_long_ends_the_job_naming_the_late_ranks(tmp_path,
         print("finished", flush=True)
         """,
         ranks,
+        timeout_s=TIMEOUT_S,
     )
     assert result.returncode == 124, result.stdout
     assert "finished" not in result.stdout

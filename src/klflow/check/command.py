@@ -95,7 +95,7 @@ def agree_on_problems(problem: str | None) -> str | None:
     """Collective: every rank gets the same description of every rank's problem (None: no problem)."""
     from klflow.distributed import comm
 
-    return describe_problems(comm.allgather_metadata(problem))
+    return describe_problems(comm.allgather_objects(problem, call="klflow check: every rank's problems"))
 
 
 def available_memory() -> int | None:
@@ -124,6 +124,7 @@ def _prepare(name_or_path: str) -> tuple[config.CheckConfig | None, str | None, 
 
     try:
         cfg = config.load(name_or_path)
+        config.check_mesh(cfg, env.get_world_size())
         config.check_memory(cfg, available_memory(), env.ranks_on_this_node())
     except config.ConfigError as err:
         return None, str(err), ""
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, errors: TextIO | No
     from klflow.distributed import comm
 
     cfg, problem, fingerprint = _prepare(args.config)
-    rows = comm.allgather_metadata((problem, fingerprint, str(args.config)))
+    rows = comm.allgather_objects((problem, fingerprint, str(args.config)), call="klflow check: the configs")
     message = describe_problems([row[0] for row in rows])
     if message is None and len({row[1] for row in rows}) > 1:
         message = "the ranks were given different configs (each rank must check the same one): " + "; ".join(
@@ -149,4 +150,4 @@ def run(args: argparse.Namespace, out: TextIO | None = None, errors: TextIO | No
             print(f"klflow check: bad config: {message}", file=errors, flush=True)
         return 2
     status = job.run(cfg, out, errors)
-    return max(comm.allgather_metadata(status))
+    return max(comm.allgather_objects(status, call="klflow check: every rank's result"))

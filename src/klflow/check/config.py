@@ -44,6 +44,7 @@ class CheckConfig:
     reductions: tuple[str, ...] = REDUCTIONS
     log_target: tuple[bool, ...] = (False, True)
     sbps: tuple[str, ...] = ("split(0)", "broadcast", "partial_sum")
+    mesh: tuple[int, ...] | None = None  # None: every rank in one row
     mixed_sbp: bool = True
     backward: bool = True
     bitwise: bool = True
@@ -90,9 +91,16 @@ KEYS: tuple[Key, ...] = (
     Key("run", "log_target", _toml(_DEFAULTS.log_target), "values of log_target to check"),
     Key(
         "run",
+        "mesh",
+        "(every rank in one row)",
+        "a hierarchical placement: the mesh shape, e.g. [2, 2] (its product must be the rank count)",
+    ),
+    Key(
+        "run",
         "sbps",
         _toml(_DEFAULTS.sbps),
-        "layouts of the global tensors: split(<dim>), broadcast, partial_sum",
+        "layouts of the global tensors: split(<dim>), broadcast, partial_sum; on a mesh one per axis, "
+        "comma-separated, e.g. \"split(0), broadcast\"",
     ),
     Key(
         "run", "mixed_sbp", _toml(_DEFAULTS.mixed_sbp), "also pair each layout with a target in the next one"
@@ -178,6 +186,15 @@ def _string_list(table: dict, key: str, allowed: tuple[str, ...] | None, where: 
     return tuple(values)
 
 
+def check_mesh(cfg: CheckConfig, ranks: int) -> None:
+    """The mesh must hold exactly the job's ranks."""
+    if cfg.mesh is not None and math.prod(cfg.mesh) != ranks:
+        raise ConfigError(
+            f"run.mesh {list(cfg.mesh)} has {math.prod(cfg.mesh)} places but the job has {ranks} "
+            f"rank(s): launch it with mpiexec -n {math.prod(cfg.mesh)}"
+        )
+
+
 def parse(document: dict[str, Any]) -> CheckConfig:
     """Validate a parsed TOML document."""
     _unknown_keys(document, set(_SECTIONS), "config")
@@ -214,18 +231,36 @@ def parse(document: dict[str, Any]) -> CheckConfig:
             raise ConfigError(f"run.log_target must be a non-empty list of true/false, got {values!r}")
         _no_repeats(values, "run.log_target")
         kwargs["log_target"] = tuple(values)
+    if "mesh" in run:
+        mesh = _require(run, "mesh", list, "run")
+        if not mesh or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in mesh):
+            raise ConfigError(f"run.mesh must be a non-empty list of positive integers, got {mesh!r}")
+        kwargs["mesh"] = tuple(mesh)
     if "sbps" in run:
         sbps = _string_list(run, "sbps", None, "run")
+        axes = len(kwargs.get("mesh") or (1,))
         for value in sbps:
-            match = _SBP.match(value)
-            if match is None:
-                raise ConfigError(f"run.sbps has {value!r}; use 'broadcast', 'partial_sum' or 'split(<dim>)'")
-            if match.group(2) is not None and int(match.group(2)) >= len(kwargs["shape"]):
+            entries = [entry.strip() for entry in value.split(",")]
+            if len(entries) != axes:
                 raise ConfigError(
-                    f"run.sbps has {value!r}, but data.shape {list(kwargs['shape'])} has only "
-                    f"{len(kwargs['shape'])} dimension(s)"
+                    f"run.sbps has {value!r}, with {len(entries)} entries, but the mesh has {axes} "
+                    f"ax{'is' if axes == 1 else 'es'}: give one layout per axis, comma-separated"
                 )
+            for entry in entries:
+                match = _SBP.match(entry)
+                if match is None:
+                    raise ConfigError(
+                        f"run.sbps has {value!r}; use 'broadcast', 'partial_sum' or 'split(<dim>)'"
+                        + (" per mesh axis, comma-separated" if axes > 1 else "")
+                    )
+                if match.group(2) is not None and int(match.group(2)) >= len(kwargs["shape"]):
+                    raise ConfigError(
+                        f"run.sbps has {value!r}, but data.shape {list(kwargs['shape'])} has only "
+                        f"{len(kwargs['shape'])} dimension(s)"
+                    )
         kwargs["sbps"] = sbps
+    elif kwargs.get("mesh") and len(kwargs["mesh"]) > 1:
+        raise ConfigError(f"run.mesh {list(kwargs['mesh'])} needs run.sbps with one layout per mesh axis")
     for key in ("mixed_sbp", "backward", "bitwise"):
         if key in run:
             kwargs[key] = _require(run, key, bool, "run")

@@ -22,7 +22,7 @@ import numpy as np
 import klflow as flow
 from klflow import info
 from klflow.check.config import CheckConfig
-from klflow.distributed.layout import balanced_offsets
+from klflow.distributed.layout import GlobalSpec
 
 PROGRESS_EVERY_S = 2.0
 
@@ -78,28 +78,39 @@ def reference(x: np.ndarray, y: np.ndarray, reduction: str, log_target: bool) ->
 
 
 # ----------------------------------------------------------------- spreading over the ranks
-def spread(full: np.ndarray, sbp_name: str, requires_grad: bool) -> flow.Tensor:
-    """The same logical value as a global tensor in layout ``sbp_name`` over all ranks."""
-    rank, size = flow.env.get_rank(), flow.env.get_world_size()
-    placement = flow.placement.all("cpu")
-    if sbp_name.startswith("split"):
-        dim = int(sbp_name[6:-1])
-        offsets = balanced_offsets(full.shape[dim], size)
-        index = [slice(None)] * full.ndim
-        index[dim] = slice(offsets[rank], offsets[rank + 1])
-        local, sbp = full[tuple(index)].copy(), flow.sbp.split(dim)
-    elif sbp_name == "broadcast":
-        local, sbp = full.copy(), flow.sbp.broadcast
-    else:
-        # Components that add up exactly: a short-mantissa head on rank 0, its remainder on rank 1.
-        mantissa, exponent = np.frexp(full.astype(np.float64))
+def parse_layout(sbp_name: str) -> tuple[flow.sbp.SbpParallel, ...]:
+    """``"split(0), broadcast"`` as an SBP signature (one entry per mesh axis)."""
+    names = {"broadcast": flow.sbp.broadcast, "partial_sum": flow.sbp.partial_sum}
+    return tuple(
+        names[entry] if entry in names else flow.sbp.split(int(entry[6:-1]))
+        for entry in (part.strip() for part in sbp_name.split(","))
+    )
+
+
+def placement_of(cfg: CheckConfig) -> flow.placement:
+    size = flow.env.get_world_size()
+    ranks = np.arange(size).reshape(cfg.mesh) if cfg.mesh is not None else range(size)
+    return flow.placement("cpu", ranks)
+
+
+def spread(cfg: CheckConfig, full: np.ndarray, sbp_name: str, requires_grad: bool) -> flow.Tensor:
+    """The same logical value as a global tensor in layout ``sbp_name`` over the job's ranks."""
+    rank = flow.env.get_rank()
+    placement = placement_of(cfg)
+    sbp = parse_layout(sbp_name)
+    spec = GlobalSpec(placement, sbp, full.shape)
+    local = np.array(full[spec.component_slices_of(rank)], order="C")
+    partial_axes = spec.partial_axes()
+    if partial_axes:
+        # Components that add up exactly over the ranks of the partial axes: a short-mantissa head
+        # on the first, its remainder on the second, zeros elsewhere.
+        group = placement.group_over(rank, partial_axes)
+        mantissa, exponent = np.frexp(local.astype(np.float64))
         head = np.ldexp(np.round(mantissa * 64.0) / 64.0, exponent).astype(full.dtype)
-        tail = (full - head).astype(full.dtype)
-        if size == 1:
-            local = full.copy()
-        else:
-            local = head if rank == 0 else tail if rank == 1 else np.zeros_like(full)
-        sbp = flow.sbp.partial_sum
+        tail = (local - head).astype(full.dtype)
+        position = group.index(rank)
+        if len(group) > 1:
+            local = head if position == 0 else tail if position == 1 else np.zeros_like(local)
     tensor = flow.from_numpy(local).to_global(placement, sbp)
     tensor.requires_grad = requires_grad
     return tensor
@@ -127,8 +138,8 @@ def run_case(
     dtype = np.dtype(dtype_name)
     x_full, y_full = make_data(cfg, dtype, log_target)
     ref_value, ref_grad = reference(x_full, y_full, reduction, log_target)
-    x = spread(x_full, input_sbp, cfg.backward)
-    y = spread(y_full, target_sbp, False)
+    x = spread(cfg, x_full, input_sbp, cfg.backward)
+    y = spread(cfg, y_full, target_sbp, False)
     out = flow.nn.functional.kl_div(x, y, reduction=reduction, log_target=log_target)
     got = out.numpy()
     error = _relative_error(got, np.asarray(ref_value))
@@ -163,14 +174,14 @@ def cases(cfg: CheckConfig) -> list[tuple[str, str, str, str, bool]]:
 
 
 def _short(sbp_name: str) -> str:
-    return {"broadcast": "B", "partial_sum": "P"}.get(sbp_name, sbp_name.replace("split", "S"))
+    return ",".join(str(entry) for entry in parse_layout(sbp_name))
 
 
 def format_row(r: CaseResult) -> str:
     value = f"{r.value:.9e}" if r.value is not None else "(elementwise)"
     grad = f"{r.grad_error:.1e}" if r.grad_error is not None else "-"
     return (
-        f"{r.dtype:<8} {_short(r.input_sbp):<6} {_short(r.target_sbp):<6} {r.reduction:<9} "
+        f"{r.dtype:<8} {_short(r.input_sbp):<9} {_short(r.target_sbp):<9} {r.reduction:<9} "
         f"{str(r.log_target):<6} {value:>16} {r.error:>9.1e} {grad:>9} "
         f"{'yes' if r.same_bits else 'NO':>9} {'ok' if r.passed else 'FAIL':>6}"
     )
@@ -187,7 +198,7 @@ COMPILING = (
 )
 
 HEADER = (
-    f"{'dtype':<8} {'input':<6} {'target':<6} {'reduction':<9} {'log_t':<6} {'value':>16} "
+    f"{'dtype':<8} {'input':<9} {'target':<9} {'reduction':<9} {'log_t':<6} {'value':>16} "
     f"{'rel.err':>9} {'grad.err':>9} {'same bits':>9} {'status':>6}"
 )
 
@@ -203,8 +214,9 @@ def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stder
     )
     if info.kernels_need_compiling():
         say(COMPILING)
+    where = f"a {'×'.join(map(str, cfg.mesh))} mesh of {size} ranks" if cfg.mesh else f"{size} rank(s)"
     say(
-        f"klflow check: {size} rank(s), shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases; "
+        f"klflow check: {where}, shape {list(cfg.shape)}, seed {cfg.seed}, {len(todo)} cases; "
         f"relative tolerance {format_tolerances(cfg)}; "
         f"reduced values {'must be' if cfg.bitwise else 'need not be'} bitwise equal to one process's"
     )

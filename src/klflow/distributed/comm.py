@@ -189,7 +189,20 @@ def _abort(message: str) -> None:
     sys.stdout.flush()
     sys.stderr.write(f"klflow: rank {rank()}: {message}\n")
     sys.stderr.flush()
-    _mpi().COMM_WORLD.Abort(WATCHDOG_EXIT_CODE)
+    _abort_job(_mpi(), WATCHDOG_EXIT_CODE)
+
+
+# MPICH's launcher tears the job down as soon as a rank aborts, and may drop output still in its
+# pipes: a rank that explains why it aborts gives the launcher this long to pass the text on.
+_OUTPUT_GRACE_S = 0.5
+
+
+def _abort_job(MPI: Any, code: int) -> None:
+    """MPI_Abort of every rank, after the output written so far has had time to leave."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(_OUTPUT_GRACE_S)
+    MPI.COMM_WORLD.Abort(code)
 
 
 def _wait(
@@ -758,7 +771,7 @@ def _install_fault_handlers(MPI: Any) -> None:
                 f"klflow: rank {MPI.COMM_WORLD.Get_rank()}: uncaught {kind.__name__}; aborting the job\n"
             )
             sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+            _abort_job(MPI, 130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = abort_on_uncaught
     _guard_abrupt_exit(MPI)
@@ -782,7 +795,7 @@ def _guard_abrupt_exit(MPI: Any) -> None:
                 f"is running; the other ranks could not finish, so the job is aborted (code {code})\n"
             )
             sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(code)
+            _abort_job(MPI, code)
         plain_exit(status)
 
     os._exit = exit_aborting_the_job
