@@ -100,7 +100,7 @@ KEYS: tuple[Key, ...] = (
         "sbps",
         _toml(_DEFAULTS.sbps),
         "layouts of the global tensors: split(<dim>), broadcast, partial_sum; on a mesh one per axis, "
-        "comma-separated, e.g. \"split(0), broadcast\"",
+        'comma-separated, e.g. "split(0), broadcast"',
     ),
     Key(
         "run", "mixed_sbp", _toml(_DEFAULTS.mixed_sbp), "also pair each layout with a target in the next one"
