@@ -3,8 +3,9 @@
 Split inputs are computed where they live. A reduced loss is a ``partial_sum`` scalar whose
 components are the ranks' partial values (divided by the *logical* numel or batch size); it also
 carries each rank's exact partial sum, so materialising it all-reduces integers and gives the same
-bits whatever the number of ranks. On the CPU, float32 and float16 losses carry the bounded fast
-path's partial (:class:`BoundedPartial`) instead: one all-reduce still decides, and a sum the
+bits whatever the number of ranks. float32 and float16 losses carry the bounded fast path's
+partial (:class:`BoundedPartial`) instead, on the CPU and on CUDA alike (so a CPU and a CUDA
+placement of the same data give one value): one all-reduce still decides, and a sum the
 bound cannot prove takes a second one of exact states. ``none`` keeps the inputs' split. Broadcast inputs are
 computed redundantly on every rank with no communication; partial-sum inputs are first boxed to
 broadcast (the loss is not linear in its inputs).
@@ -55,7 +56,7 @@ class ExactPartial:
 
 @dataclass
 class BoundedPartial:
-    """A rank's partial sum of a float32/float16 loss on the CPU from the bounded fast path
+    """A rank's partial sum of a float32/float16 loss from the bounded fast path
     (:mod:`klflow.kernels.bounded_sum`): the exact sum of its float64 block sums and their
     magnitudes' total.
 
@@ -89,8 +90,8 @@ class BoundedPartial:
 
 def _uses_bounded_sum(input: Tensor) -> bool:
     """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
-    (the dtype and the placement's device type are global)."""
-    return backend_for(input) is cpu_kernels and input.dtype.numpy in cpu_kernels.BOUNDED_DTYPES
+    (the dtype is global; the CPU and CUDA backends give the same partial kinds)."""
+    return input.dtype.numpy in cpu_kernels.BOUNDED_DTYPES
 
 
 def _partial_record(
@@ -102,15 +103,17 @@ def _partial_record(
 ) -> ExactPartial | BoundedPartial:
     """The record that materialises a reduced loss; ``state`` is this rank's partial sum (None
     where the rank holds no component). Every rank of a loss builds the same kind."""
+    backend = backend_for(input)
     if not _uses_bounded_sum(input):
-        local = exact_sum.new_state() if state is None else backend_for(input).exact_state(state)
+        local = exact_sum.new_state() if state is None else backend.exact_state(state)
         return ExactPartial(local, divisor, input.dtype)
+    state = None if state is None else backend.host_partial(state)
     if isinstance(state, cpu_kernels.BoundedSum):
         x, y = input._data, target._data
 
         @functools.cache
         def exact_state() -> np.ndarray:
-            return cpu_kernels.reduce_sum(x, y, log_target)[0]
+            return backend.reduce_sum(x, y, log_target)[0]
 
         return BoundedPartial(state.state, state.magnitude_total, divisor, input.dtype, exact_state)
     # An exact state already (or nothing): its block sum is exact, with no error to bound.
