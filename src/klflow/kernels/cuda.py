@@ -630,30 +630,28 @@ class _StateBuffers:
 
 
 _state_buffers = _StateBuffers()
-_pinned_free: list[np.ndarray] = []
+_landings_free: list[tuple[np.ndarray, Any]] = []
 
 
-def _pinned_states() -> np.ndarray:
-    """A pinned host buffer for one launch's states (recycled; see ``DeviceSum``)."""
+def _landing() -> tuple[np.ndarray, Any]:
+    """(a pinned host buffer for one launch's states, an event to mark their arrival), recycled:
+    allocating pinned memory and events costs more than a launch."""
     with _pool_lock:
-        if _pinned_free:
-            return _pinned_free.pop()
-    return cuda.pinned_array(2 * STATE_LEN, dtype=np.int64)
+        if _landings_free:
+            return _landings_free.pop()
+    event = cuda.event() if SIMULATED else cuda.event(timing=False)
+    return cuda.pinned_array(2 * STATE_LEN, dtype=np.int64), event
 
 
-def _release_pinned(buffer: np.ndarray) -> None:
-    # Safe even while a copy into it may still be queued: every later copy into it is queued
-    # behind that one on the default stream, and read only after its own event.
+def _release_landing(landing: tuple[np.ndarray, Any]) -> None:
+    # Safe even while a copy into the buffer may still be queued: every later copy into it is
+    # queued behind that one on the default stream, and read only after its own event.
     with _pool_lock:
-        _pinned_free.append(buffer)
+        _landings_free.append(landing)
 
 
 def _stream() -> Any:
     return cuda.default_stream() if hasattr(cuda, "default_stream") else 0
-
-
-def _event() -> Any:
-    return cuda.event() if SIMULATED else cuda.event(timing=False)
 
 
 class DeviceSum:
@@ -695,11 +693,12 @@ class DeviceSum:
         subnormal = self.dtype == np.float64
         coef = float(grad_coef) if with_grad else 0.0
         kernel[blocks, threads](x, y, log_target, subnormal, coef, grad, with_grad, states, following)
-        self._host = _pinned_states()
-        weakref.finalize(self, _release_pinned, self._host)
-        states.copy_to_host(self._host, stream=_stream())
-        self._arrival = _event()
-        self._arrival.record(_stream())
+        landing = _landing()
+        weakref.finalize(self, _release_landing, landing)
+        self._host, self._arrival = landing
+        stream = _stream()
+        states.copy_to_host(self._host, stream=stream)
+        self._arrival.record(stream)
         if bounded:
             _track(self)
 
