@@ -165,34 +165,25 @@ def run_test_suites() -> dict[str, dict]:
     return results
 
 
-def _same_bits(got: np.ndarray, want: np.ndarray) -> bool:
-    got, want = np.asarray(got), np.asarray(want)
-    if got.dtype != want.dtype or got.shape != want.shape:
-        return False
-    with np.errstate(invalid="ignore"):
-        both_nan = np.isnan(got) & np.isnan(want)
-    return bool(np.all((got.view(f"u{got.itemsize}") == want.view(f"u{want.itemsize}")) | both_nan))
-
-
-class _LaunchCounter:
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, config):
-        self.launches += 1
-        return self.kernel[config]
-
-
 def check_bits(n: int) -> tuple[list[str], dict]:
     """GPU against CPU bit for bit, and against a float64 reference; returns (problems, stats)."""
-    from reference import EPS64, assert_close, element_error_bound, input_grad, kl_elements, kl_reduce
+    from launches import LaunchCounter
+    from reference import (
+        EPS64,
+        assert_close,
+        element_error_bound,
+        input_grad,
+        kl_elements,
+        kl_reduce,
+        same_bits,
+    )
 
     from klflow.kernels import cuda as kernels
 
     seed = int(time.time())
     rng = np.random.default_rng(seed)
     problems: list[str] = []
-    counter = _LaunchCounter(kernels.exact_kernel)
+    counter = LaunchCounter(kernels.exact_kernel)
     kernels.exact_kernel = counter
     stats = {"seed": seed, "n": n, "compared": 0, "exact_passes_for_random_float32_float16": 0}
     try:
@@ -220,7 +211,7 @@ def check_bits(n: int) -> tuple[list[str], dict]:
                         stats["exact_passes_for_random_float32_float16"] += counter.launches - before
                     for what, got, want in zip(("loss", "d/dx", "d/dy"), results[1], results[0], strict=True):
                         stats["compared"] += 1
-                        if not _same_bits(got, want):
+                        if not same_bits(got, want):
                             problems.append(f"{label} {what}: GPU bits differ from the CPU's")
                     value, dx, _ = results[1]
                     try:

@@ -165,6 +165,17 @@ def ulp(value, dtype) -> np.ndarray:
         return np.spacing(rounded).astype(np.float64)
 
 
+def same_bits(got, want) -> bool:
+    """Whether two arrays have the same dtype, shape and bits, NaN matching any NaN (the CPU and
+    a GPU produce different NaN bit patterns)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    with np.errstate(invalid="ignore"):
+        both_nan = np.isnan(got) & np.isnan(want)
+    return bool(np.all((got.view(f"u{got.itemsize}") == want.view(f"u{want.itemsize}")) | both_nan))
+
+
 def assert_close(got, ref64, dtype, *, bound=0.0, ulps: float = 1.0, what: str = "value") -> None:
     """``got`` (of ``dtype``) lies within ``ulps`` ulps of ``dtype`` plus ``bound`` of ``ref64``.
 

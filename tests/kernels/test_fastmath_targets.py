@@ -10,13 +10,7 @@ from numba import njit
 
 from klflow.kernels import fastmath, pyfloat
 
-PYTHON = fastmath.compiled_for(
-    lambda function: function,
-    mul_add=pyfloat.fma,
-    divide=pyfloat.divide,
-    f64_as_i64=pyfloat.f64_as_i64,
-    i64_as_f64=pyfloat.i64_as_f64,
-)
+PYTHON = pyfloat.compiled_fastmath()
 
 
 @njit

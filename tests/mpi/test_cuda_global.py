@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_everywhere
 from helpers import as_global, local_piece, seeded
+from reference import same_bits
 
 import klflow as flow
 import klflow.nn.functional as F
@@ -67,14 +68,6 @@ def test_cuda_boxing_stages_through_the_host(world):
         assert_everywhere(y.to_local().is_cuda and np.array_equal(y.numpy(), full), f"{target}")
 
 
-def _bits_equal(got, want) -> bool:
-    got, want = np.asarray(got), np.asarray(want)
-    if got.dtype != want.dtype or got.shape != want.shape:
-        return False
-    both_nan = np.isnan(got) & np.isnan(want)  # CPU and GPU make different NaN bit patterns
-    return bool(np.all((got.view(f"u{got.itemsize}") == want.view(f"u{want.itemsize}")) | both_nan))
-
-
 def _case(name, dtype, log_target):
     """(x, y) of shape (13, 5): random data, or terms of exactly -x that sum to a rounding tie
     (which the bounded path cannot prove, so the ranks' exact states decide)."""
@@ -102,11 +95,11 @@ def test_global_cuda_loss_has_the_single_process_cpu_bits(world, dtype, log_targ
         x = _global(x_full, sbp, requires_grad=True)
         out = F.kl_div(x, _global(y_full, sbp), reduction=reduction, log_target=log_target)
         got = out.numpy()
-        assert_everywhere(_bits_equal(got, single.numpy()), f"{sbp}: {got!r} vs {single.numpy()!r}")
+        assert_everywhere(same_bits(got, single.numpy()), f"{sbp}: {got!r} vs {single.numpy()!r}")
         out.backward()
-        assert_everywhere(_bits_equal(x.grad.numpy(), single_x.grad.numpy()), f"{sbp}: gradient")
+        assert_everywhere(same_bits(x.grad.numpy(), single_x.grad.numpy()), f"{sbp}: gradient")
         # The same data on a CPU placement: one value, whichever device computed it.
         on_cpu = F.kl_div(
             as_global(x_full, sbp), as_global(y_full, sbp), reduction=reduction, log_target=log_target
         )
-        assert_everywhere(_bits_equal(on_cpu.numpy(), got), f"{sbp}: the CPU placement differs")
+        assert_everywhere(same_bits(on_cpu.numpy(), got), f"{sbp}: the CPU placement differs")

@@ -133,13 +133,7 @@ if SIMULATED:
 
     add_rounded = pyfloat.add
     f64_as_i64 = pyfloat.f64_as_i64
-    _math = fastmath.compiled_for(
-        lambda function: function,
-        mul_add=pyfloat.fma,
-        divide=pyfloat.divide,
-        f64_as_i64=pyfloat.f64_as_i64,
-        i64_as_f64=pyfloat.i64_as_f64,
-    )
+    _math = pyfloat.compiled_fastmath()
 else:
     from numba.cuda import libdevice
 

@@ -19,8 +19,10 @@ nearest-even, with IEEE 754's special cases (signed zeros, overflow, infinities,
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
+from types import SimpleNamespace
 
 _LOWEST_EXPONENT = -1074  # weight of the last bit of a subnormal
 _SIGNIFICAND_BITS = 53
@@ -106,3 +108,18 @@ def fma(a: float, b: float, c: float) -> float:
     if total == 0:
         return 0.0  # an exact cancellation is +0 when rounding to nearest
     return _round_scaled(total, exponent)
+
+
+@functools.cache
+def compiled_fastmath() -> SimpleNamespace:
+    """:mod:`klflow.kernels.fastmath`'s float64 functions running as Python on these primitives,
+    as numba's CUDA simulator runs them.
+
+    >>> compiled_fastmath().log64(1.0), compiled_fastmath().exp64(0.0)
+    (0.0, 1.0)
+    """
+    from klflow.kernels import fastmath
+
+    return fastmath.compiled_for(
+        lambda function: function, mul_add=fma, divide=divide, f64_as_i64=f64_as_i64, i64_as_f64=i64_as_f64
+    )
