@@ -624,24 +624,25 @@ class _StateBuffers:
 
 
 _state_buffers = _StateBuffers()
-_landings_free: list[tuple[np.ndarray, Any]] = []
+# Per device: pinned memory and events belong to the context that made them.
+_landings_free: dict[int, list[tuple[np.ndarray, Any]]] = collections.defaultdict(list)
 
 
-def _landing() -> tuple[np.ndarray, Any]:
+def _landing(device: int) -> tuple[np.ndarray, Any]:
     """(a pinned host buffer for one launch's states, an event to mark their arrival), recycled:
     allocating pinned memory and events costs more than a launch."""
     with _pool_lock:
-        if _landings_free:
-            return _landings_free.pop()
+        if _landings_free[device]:
+            return _landings_free[device].pop()
     event = cuda.event() if SIMULATED else cuda.event(timing=False)
     return cuda.pinned_array(2 * STATE_LEN, dtype=np.int64), event
 
 
-def _release_landing(landing: tuple[np.ndarray, Any]) -> None:
+def _release_landing(device: int, landing: tuple[np.ndarray, Any]) -> None:
     # Safe even while a copy into the buffer may still be queued: every later copy into it is
     # queued behind that one on the default stream, and read only after its own event.
     with _pool_lock:
-        _landings_free.append(landing)
+        _landings_free[device].append(landing)
 
 
 def _stream() -> Any:
@@ -687,8 +688,9 @@ class DeviceSum:
         subnormal = self.dtype == np.float64
         coef = float(grad_coef) if with_grad else 0.0
         kernel[blocks, threads](x, y, log_target, subnormal, coef, grad, with_grad, states, following)
-        landing = _landing()
-        weakref.finalize(self, _release_landing, landing)
+        device = _current_device_id()
+        landing = _landing(device)
+        weakref.finalize(self, _release_landing, device, landing)
         self._host, self._arrival = landing
         stream = _stream()
         states.copy_to_host(self._host, stream=stream)
