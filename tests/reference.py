@@ -165,6 +165,17 @@ def ulp(value, dtype) -> np.ndarray:
         return np.spacing(rounded).astype(np.float64)
 
 
+def same_bits(got, want) -> bool:
+    """Whether two arrays have the same dtype, shape and bits, NaN matching any NaN (the CPU and
+    a GPU produce different NaN bit patterns)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    with np.errstate(invalid="ignore"):
+        both_nan = np.isnan(got) & np.isnan(want)
+    return bool(np.all((got.view(f"u{got.itemsize}") == want.view(f"u{want.itemsize}")) | both_nan))
+
+
 def assert_close(got, ref64, dtype, *, bound=0.0, ulps: float = 1.0, what: str = "value") -> None:
     """``got`` (of ``dtype``) lies within ``ulps`` ulps of ``dtype`` plus ``bound`` of ``ref64``.
 
@@ -197,3 +208,31 @@ def assert_close(got, ref64, dtype, *, bound=0.0, ulps: float = 1.0, what: str =
         f"{np.argwhere(bad)[0].tolist() if bad.ndim else []}: got {got64[bad][:3]}, "
         f"expected {ref64[bad][:3]} (tolerance {tolerance[bad][:3]})"
     )
+
+
+_OVERFLOW_THRESHOLD = {  # the largest finite value plus half its ulp: from here on, rounding gives inf
+    np.dtype(np.float16): Fraction(65520),
+    np.dtype(np.float32): Fraction(2**128 - 2**103),
+    np.dtype(np.float64): Fraction(2**1024 - 2**970),
+}
+
+
+def round_fraction(value: Fraction, dtype) -> np.ndarray:
+    """A rational correctly rounded to ``dtype`` (nearest, ties to even) as a 0-d array: the
+    neighbours of a first guess are compared as fractions. An exact zero is ``+0.0``; a nonzero
+    value that rounds to zero keeps its sign."""
+    dtype = np.dtype(dtype)
+    if abs(value) >= _OVERFLOW_THRESHOLD[dtype]:
+        return np.array(np.inf if value > 0 else -np.inf, dtype)
+    with np.errstate(all="ignore"):
+        guess = np.array(float(value)).astype(dtype)
+        neighbours = [
+            np.nextafter(guess, dtype.type(-np.inf)),
+            guess,
+            np.nextafter(guess, dtype.type(np.inf)),
+        ]
+    finite = [c for c in neighbours if np.isfinite(c)]
+    best = min(finite, key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(f"u{dtype.itemsize}")) & 1))
+    if best == 0:
+        best = dtype.type(-0.0) if value < 0 else dtype.type(0.0)
+    return np.array(best, dtype)

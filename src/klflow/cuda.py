@@ -78,7 +78,7 @@ def device_of(array: Any) -> Device:
     """The device holding a CUDA device array (the current device in numba's context)."""
     cuda = _cuda()
     get_device = getattr(cuda, "get_current_device", None)  # absent from numba's simulator
-    return Device("cuda", get_device().id if get_device is not None else 0)
+    return Device("cuda", getattr(get_device(), "id", 0) if get_device is not None else 0)
 
 
 def _simulated_array_type() -> type | None:

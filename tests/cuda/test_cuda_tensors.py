@@ -128,6 +128,13 @@ def test_launch_sizes_come_from_the_device(monkeypatch):
     assert kernels.launch_config(1000) == (4, 256)  # never more blocks than the work needs
     smaller = (80, 1536, 1024)
     monkeypatch.setattr(kernels, "_device_limits", lambda device_id: smaller)
-    assert kernels.launch_config(1 << 28) == (80 * 12, 128)  # 1536 / 8 = 192 → 128, a power of two
+    # 1536 / 8 = 192 → 128 threads, a power of two; 80 * 12 blocks would leave a thread more
+    # than TERMS_PER_THREAD terms, so there are more.
+    assert kernels.TERMS_PER_THREAD == 2048
+    assert kernels.launch_config(1 << 26) == (80 * 12, 128)
+    assert kernels.launch_config(1 << 28) == ((1 << 28) // (128 * 2048), 128)
     monkeypatch.setenv("KLFLOW_CUDA_BLOCK", "64")
-    assert kernels.launch_config(1 << 28) == (80 * 24, 64)
+    assert kernels.launch_config(1 << 26) == (80 * 24, 64)
+    for n in (1 << 33, (1 << 33) + 1, 10**10):  # however large, no thread sums more than its share
+        blocks, threads = kernels.launch_config(n)
+        assert -(-n // (blocks * threads)) <= kernels.TERMS_PER_THREAD

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_everywhere
-from helpers import local_piece, seeded
+from helpers import as_global, local_piece, seeded
+from reference import same_bits
 
 import klflow as flow
 import klflow.nn.functional as F
@@ -65,3 +66,40 @@ def test_cuda_boxing_stages_through_the_host(world):
     for target in (flow.sbp.broadcast, flow.sbp.split(1), flow.sbp.partial_sum):
         y = x.to_global(sbp=target)
         assert_everywhere(y.to_local().is_cuda and np.array_equal(y.numpy(), full), f"{target}")
+
+
+def _case(name, dtype, log_target):
+    """(x, y) of shape (13, 5): random data, or terms of exactly -x that sum to a rounding tie
+    (which the bounded path cannot prove, so the ranks' exact states decide)."""
+    if name == "random":
+        x = seeded((13, 5), dtype, seed=11)
+        y = seeded((13, 5), dtype, seed=12, positive=not log_target)
+        return x, y
+    x = np.zeros((13, 5), dtype)
+    half_ulp = np.finfo(dtype).eps / 2
+    x.flat[[0, 21, 43, 64]] = -np.array([1.0, half_ulp, 3.0, -3.0], dtype)  # spread over the ranks
+    y = np.zeros_like(x) if log_target else np.ones_like(x)
+    return x, y
+
+
+@pytest.mark.parametrize("case", ["random", "tie"])
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+@pytest.mark.parametrize("log_target", [False, True], ids=["prob", "logt"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=["f16", "f32", "f64"])
+def test_global_cuda_loss_has_the_single_process_cpu_bits(world, dtype, log_target, reduction, case):
+    x_full, y_full = _case(case, dtype, log_target)
+    single_x = flow.tensor(x_full, requires_grad=True)
+    single = F.kl_div(single_x, flow.tensor(y_full), reduction=reduction, log_target=log_target)
+    single.backward()
+    for sbp in (flow.sbp.split(0), flow.sbp.split(1), flow.sbp.broadcast):
+        x = _global(x_full, sbp, requires_grad=True)
+        out = F.kl_div(x, _global(y_full, sbp), reduction=reduction, log_target=log_target)
+        got = out.numpy()
+        assert_everywhere(same_bits(got, single.numpy()), f"{sbp}: {got!r} vs {single.numpy()!r}")
+        out.backward()
+        assert_everywhere(same_bits(x.grad.numpy(), single_x.grad.numpy()), f"{sbp}: gradient")
+        # The same data on a CPU placement: one value, whichever device computed it.
+        on_cpu = F.kl_div(
+            as_global(x_full, sbp), as_global(y_full, sbp), reduction=reduction, log_target=log_target
+        )
+        assert_everywhere(same_bits(on_cpu.numpy(), got), f"{sbp}: the CPU placement differs")

@@ -1,9 +1,11 @@
 """Kernels: the loss's math on flat arrays (CPU ``@njit`` and CUDA ``@cuda.jit``), no validation.
 
 :mod:`formula` holds the scalar formulas both targets compile; :mod:`fastmath` the vectorisable
-``log``/``exp`` for the CPU; :mod:`exact_sum` the exact accumulator behind every reduction;
-:mod:`bounded_sum` the proven error bound that lets float32/float16 results skip it where it
-cannot change them; :mod:`cpu` and :mod:`cuda` the kernels and their launchers.
+``log``/``exp``, whose float64 source CUDA compiles too; :mod:`pyfloat` exact Python versions of
+their primitives (for numba's CUDA simulator); :mod:`exact_sum` the exact accumulator behind
+every reduction; :mod:`bounded_sum` the proven error bound that lets float32/float16 results
+skip it where it cannot change them; :mod:`cpu` and :mod:`cuda` the kernels and their launchers
+(the same bits on both).
 """
 
 from __future__ import annotations

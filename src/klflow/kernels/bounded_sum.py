@@ -22,6 +22,9 @@ Why ``E`` bounds the error (``u = 2**-53``, ``g(k) = k u / (1 - k u)``):
   errs by at most ``g(k) * sum|t|`` with ``k = BLOCK_LIMIT + LANE_LIMIT`` (Higham, *Accuracy and
   Stability of Numerical Algorithms*, 2nd ed., §4.2; addition in gradual underflow is exact, so
   the bound needs no absolute term).
+* Only the depth counts, not the number of terms: the CUDA kernels' block sums hold far more
+  than ``BLOCK_LIMIT`` terms, added by a tree no path of which is longer than ``k`` (see
+  :mod:`klflow.kernels.cuda`), and the bound holds for them unchanged.
 * The block's magnitude sum ``a`` satisfies ``a >= (1 - g(k)) sum|t|``, and ``A``, a float64 sum
   of at most ``2**43`` such ``a``, satisfies ``A >= (1 - g(2**43)) sum a``.
 * Hence the total error is at most ``g(k) / ((1 - g(k)) (1 - g(2**43))) * A < 1.01 k u A``;

@@ -571,3 +571,8 @@ def reduce(
 def exact_state(state: np.ndarray) -> np.ndarray:
     """The exact-sum state of a reduction (on the CPU the partial already is one)."""
     return state
+
+
+def host_partial(partial: np.ndarray | BoundedSum) -> np.ndarray | BoundedSum:
+    """A reduction's partial sum in host memory (on the CPU it already is there)."""
+    return partial

@@ -95,6 +95,57 @@ def _carry_from(state: np.ndarray, start: int) -> None:
             break
 
 
+def scaled_int_digits(value: int, exponent: int) -> tuple[int, int, int, int]:
+    """Where ``value * 2**exponent`` goes in a state: ``(k, low, middle, high)`` such that adding
+    ``low``, ``middle`` and ``high`` to digits ``k``, ``k + 1`` and ``k + 2`` adds the value exactly.
+    Each part is below ``2**32`` in magnitude (``low`` and ``middle`` are non-negative).
+
+    Arguments as for :func:`add_scaled_int`, which does not check them here. Plain Python, so the
+    CUDA kernels compile the same source (their digits take the parts with integer atomics).
+
+    >>> scaled_int_digits(5, LOW_EXPONENT + 32)
+    (1, 5, 0, 0)
+    >>> k, low, middle, high = scaled_int_digits(-1, LOW_EXPONENT)
+    >>> k, low + middle * 2**32 + high * 2**64
+    (0, -1)
+    """
+    offset = exponent - LOW_EXPONENT
+    k = offset >> 5
+    shift = offset & 31
+    # value * 2**shift = low + rest * 2**32, split without shifting bits out of the int64.
+    low = (value & ((1 << (DIGIT_BITS - shift)) - 1)) << shift
+    rest = value >> (DIGIT_BITS - shift)
+    return k, low, rest & _DIGIT_MASK, rest >> DIGIT_BITS
+
+
+def float_parts(bits: int) -> tuple[int, int, int]:
+    """``(special, significand, exponent)`` of the double with these int64 bits: a finite double
+    is ``significand * 2**exponent`` with ``special = -1`` (``significand = 0`` for both zeros);
+    NaN and the infinities give the index of their counter in a state as ``special``.
+
+    Plain Python, like :func:`scaled_int_digits`.
+
+    >>> float_parts(0x3FF8000000000000)  # 1.5 = 3 * 2**51 * 2**-52
+    (-1, 6755399441055744, -52)
+    """
+    biased_exponent = (bits >> 52) & 0x7FF
+    significand = bits & _SIGNIFICAND_MASK
+    if biased_exponent == 0x7FF:
+        if significand:
+            return NAN_COUNT, 0, 0
+        return (NEG_INF_COUNT if bits < 0 else POS_INF_COUNT), 0, 0
+    if biased_exponent == 0:  # subnormal or zero: no implicit bit, scale 2**-1074
+        exponent = -1074
+    else:
+        significand |= 1 << 52
+        exponent = biased_exponent - 1075
+    return -1, (-significand if bits < 0 else significand), exponent
+
+
+_scaled_int_digits = njit(inline="always", cache=True)(scaled_int_digits)
+_float_parts = njit(inline="always", cache=True)(float_parts)
+
+
 @njit(inline="always", cache=True)
 def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
     """Add ``value * 2**exponent`` exactly.
@@ -109,15 +160,10 @@ def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
     """
     if exponent < MIN_SCALE_EXPONENT or exponent > MAX_SCALE_EXPONENT:
         raise ValueError("add_scaled_int: exponent out of range")
-    offset = exponent - LOW_EXPONENT
-    k = offset >> 5
-    shift = offset & 31
-    # value * 2**shift = low + rest * 2**32, split without shifting bits out of the int64.
-    low = (value & ((np.int64(1) << (DIGIT_BITS - shift)) - 1)) << shift
-    rest = value >> (DIGIT_BITS - shift)
+    k, low, middle, high = _scaled_int_digits(value, exponent)
     d0 = state[k] + low
-    d1 = state[k + 1] + (rest & _DIGIT_MASK)
-    d2 = state[k + 2] + (rest >> DIGIT_BITS)
+    d1 = state[k + 1] + middle
+    d2 = state[k + 2] + high
     state[k] = d0
     state[k + 1] = d1
     state[k + 2] = d2
@@ -136,27 +182,12 @@ def add_float(state: np.ndarray, x: float) -> None:
     >>> to_float64(state)  # the exact sum of the three doubles, rounded once
     2.7755575615628914e-17
     """
-    bits = f64_as_i64(np.float64(x))  # float32 and integer arguments widen exactly
-    biased_exponent = (bits >> 52) & 0x7FF
-    if biased_exponent == 0x7FF:
-        if bits & _SIGNIFICAND_MASK:
-            state[NAN_COUNT] += 1
-        elif bits < 0:
-            state[NEG_INF_COUNT] += 1
-        else:
-            state[POS_INF_COUNT] += 1
-        return
-    significand = bits & _SIGNIFICAND_MASK
-    if biased_exponent == 0:  # subnormal or zero: no implicit bit, scale 2**-1074
-        if significand == 0:
-            return
-        exponent = -1074
-    else:
-        significand |= np.int64(1) << 52
-        exponent = biased_exponent - 1075
-    if bits < 0:
-        significand = -significand
-    add_scaled_int(state, significand, exponent)
+    # float32 and integer arguments widen exactly
+    special, significand, exponent = _float_parts(f64_as_i64(np.float64(x)))
+    if special >= 0:
+        state[special] += 1
+    elif significand != 0:
+        add_scaled_int(state, significand, exponent)
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""Vectorisable ``log`` and ``exp`` for numba CPU kernels.
+"""Vectorisable ``log`` and ``exp``: one source for the CPU kernels and the CUDA kernels.
 
 Numba lowers ``math.log``/``math.exp`` to scalar libm calls, and a loop containing a call cannot be
 vectorised. The functions here use only bit manipulation, polynomials and selects, so LLVM
@@ -7,6 +7,17 @@ return the IEEE results for zeros, infinities, NaN and subnormals.
 
 ``log64``/``exp64`` take and return float64; ``log32``/``exp32`` do the same in float32 arithmetic,
 which fits twice as many lanes in a vector register.
+
+The float64 functions are the GPU's too. :func:`compiled_for` compiles their Python source again
+with another target's primitives, the only target-specific operations in it: ``_mul_add`` (a
+multiply-add rounded once: ``llvm.fma`` here, ``fma.rn.f64`` on CUDA, exact integer arithmetic in
+:mod:`klflow.kernels.pyfloat` under numba's simulator), ``_divide`` (IEEE division) and the bit
+casts ``f64_as_i64``/``i64_as_f64``. Every other operation is a single IEEE operation on every
+target, so a CUDA kernel gets the CPU's bits. That needs one rule of the source: a product whose
+rounding matters never feeds an addition directly, because NVVM fuses a plain ``a * b + c`` into
+one FMA by default (numba's CPU target never does). Each such step is written as ``_mul_add``;
+the remaining products feed only multiplications, divisions or the addend of a ``_mul_add``,
+which no compiler can fuse.
 
 >>> import numpy as np
 >>> from numba import njit
@@ -22,6 +33,9 @@ which fits twice as many lanes in a vector register.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import FunctionType, SimpleNamespace
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -29,7 +43,7 @@ from numba.extending import intrinsic
 
 from klflow.kernels.bits import f32_as_i32, f64_as_i64, i32_as_f32, i64_as_f64
 
-__all__ = ["exp32", "exp64", "log32", "log64", "log64_normal", "log64_positive"]
+__all__ = ["compiled_for", "exp32", "exp64", "log32", "log64", "log64_normal", "log64_positive"]
 
 
 _FLOAT_TYPES = {types.float32: ir.FloatType(), types.float64: ir.DoubleType()}
@@ -49,7 +63,7 @@ def _mul_add(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         signature_type = ir.FunctionType(llvm_type, [llvm_type] * 3)
-        fmuladd = builder.module.declare_intrinsic("llvm.fmuladd", [llvm_type], signature_type)
+        fmuladd = builder.module.declare_intrinsic("llvm.fma", [llvm_type], signature_type)
         return builder.call(fmuladd, args)
 
     return a(a, a, a), codegen
@@ -207,11 +221,12 @@ def exp64(x: float) -> float:
     clamped = _EXP_CLAMP_LOW if clamped < _EXP_CLAMP_LOW else clamped
     # x = k*ln2 + r with |r| <= ln2/2; k is read from the bits, as a float->int conversion of NaN
     # would be undefined.
-    shifted = clamped * _INV_LN2 + _ROUND_SHIFTER
+    shifted = _mul_add(clamped, _INV_LN2, _ROUND_SHIFTER)
     dk = shifted - _ROUND_SHIFTER
-    r_hi = clamped - dk * _LN2_HI  # exact
-    r_lo = dk * _LN2_LO
-    r = r_hi - r_lo
+    # Exact: dk * _LN2_HI has at most 32 + 11 significant bits and lies within a factor of two of
+    # clamped (Sterbenz), so fusing changes nothing here.
+    r_hi = _mul_add(-dk, _LN2_HI, clamped)
+    r = _mul_add(-dk, _LN2_LO, r_hi)
 
     c = _mul_add(r, _EXP_C10, _EXP_C9)
     c = _mul_add(r, c, _EXP_C8)
@@ -223,10 +238,10 @@ def exp64(x: float) -> float:
     c = _mul_add(r, c, _EXP_C2)
     c = _mul_add(r, c, _EXP_C1)
     c = _mul_add(r, c, _EXP_C0)
-    # e**r = (1 + r_hi) - r_lo + r*r*c; 1 + r_hi is summed exactly as head + tail (Fast2Sum), which
-    # keeps the error near 0.6 ulp instead of near 1.
+    # e**r = (1 + r_hi) - dk * _LN2_LO + r*r*c; 1 + r_hi is summed exactly as head + tail
+    # (Fast2Sum), which keeps the error near 0.6 ulp instead of near 1.
     head = 1.0 + r_hi
-    tail = ((1.0 - head) + r_hi) - r_lo
+    tail = _mul_add(-dk, _LN2_LO, (1.0 - head) + r_hi)
     mantissa = head + _mul_add(r * r, c, tail)
 
     # 2**k as 2**(k >> 1) * 2**(k - (k >> 1)), both normal, so that only the last product rounds:
@@ -237,6 +252,38 @@ def exp64(x: float) -> float:
     first_bits = (biased >> 1) << _MANTISSA_BITS
     second_bits = (biased << _MANTISSA_BITS) - first_bits
     return mantissa * i64_as_f64(first_bits) * i64_as_f64(second_bits)
+
+
+# --- the float64 source for other targets -------------------------------------------------------
+
+_FLOAT64_FUNCTIONS = (_log_reduced, log64_normal, log64_positive, log64, exp64)
+
+
+def compiled_for(
+    decorate: Callable, *, mul_add: Callable, divide: Callable, f64_as_i64: Callable, i64_as_f64: Callable
+) -> SimpleNamespace:
+    """``log64``, ``log64_normal``, ``log64_positive`` and ``exp64`` compiled from the same Python
+    source for another target: the primitives are that target's, ``decorate`` compiles one
+    function (``cuda.jit(device=True)``; the identity runs them as Python). The functions call
+    each other's compiled versions, so nothing of the CPU's build leaks in.
+
+    >>> from klflow.kernels import pyfloat
+    >>> python = compiled_for(
+    ...     lambda f: f, mul_add=pyfloat.fma, divide=pyfloat.divide,
+    ...     f64_as_i64=pyfloat.f64_as_i64, i64_as_f64=pyfloat.i64_as_f64,
+    ... )
+    >>> python.log64(1.0), python.exp64(0.0), python.log64(0.0)
+    (0.0, 1.0, -inf)
+    """
+    namespace = dict(globals())
+    namespace.update(_mul_add=mul_add, _divide=divide, f64_as_i64=f64_as_i64, i64_as_f64=i64_as_f64)
+    compiled = {}
+    for dispatcher in _FLOAT64_FUNCTIONS:
+        source = dispatcher.py_func
+        clone = FunctionType(source.__code__, namespace, source.__name__, source.__defaults__)
+        clone.__qualname__, clone.__doc__ = source.__qualname__, source.__doc__
+        namespace[source.__name__] = compiled[source.__name__] = decorate(clone)
+    return SimpleNamespace(**{name: compiled[name] for name in __all__ if name in compiled})
 
 
 # --- float32 -------------------------------------------------------------------------------------

@@ -168,10 +168,11 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
 # ----------------------------------------------------------------- global inputs
 def _uses_bounded_sum(input: Tensor) -> bool:
     """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
-    (the dtype and the placement's device type are global)."""
+    (the dtype is global; the CPU and CUDA backends give the same partial kinds, so a CPU and a
+    CUDA placement of the same data give one value)."""
     from klflow.kernels import cpu
 
-    return backend_for(input) is cpu and input.dtype.numpy in cpu.BOUNDED_DTYPES
+    return input.dtype.numpy in cpu.BOUNDED_DTYPES
 
 
 def _partial_sum(state: Any, input: Tensor, target: Tensor, log_target: bool, divisor: int) -> PartialSum:
@@ -179,14 +180,16 @@ def _partial_sum(state: Any, input: Tensor, target: Tensor, log_target: bool, di
     path's block sums)."""
     from klflow.kernels import cpu
 
+    backend = backend_for(input)
     if not _uses_bounded_sum(input):
-        return PartialSum(backend_for(input).exact_state(state), 0.0, divisor, input.dtype)
+        return PartialSum(backend.exact_state(state), 0.0, divisor, input.dtype)
+    state = backend.host_partial(state)
     if isinstance(state, cpu.BoundedSum):
         x, y = input._data, target._data
 
         @functools.cache
         def exact_state() -> np.ndarray:
-            return cpu.reduce_sum(x, y, log_target)[0]
+            return backend.reduce_sum(x, y, log_target)[0]
 
         return PartialSum(state.state, state.magnitude_total, divisor, input.dtype, exact_state)
     return PartialSum(state, 0.0, divisor, input.dtype)  # already exact: nothing to bound
