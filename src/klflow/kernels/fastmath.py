@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from klflow.kernels.bits import f32_as_i32, f64_as_i64, i32_as_f32, i64_as_f64
+from klflow.kernels.jit import inlinable, jit
 
 __all__ = ["exp32", "exp64", "log32", "log64", "log64_normal", "log64_positive"]
 
@@ -49,7 +50,7 @@ def _mul_add(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         signature_type = ir.FunctionType(llvm_type, [llvm_type] * 3)
-        fmuladd = builder.module.declare_intrinsic("llvm.fmuladd", [llvm_type], signature_type)
+        fmuladd = builder.module.declare_intrinsic("llvm.fma", [llvm_type], signature_type)
         return builder.call(fmuladd, args)
 
     return a(a, a, a), codegen
@@ -104,7 +105,7 @@ _LG6 = 1.531383769920937332e-01
 _LG7 = 1.479819860511658591e-01
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def _log_reduced(x: float, exponent_offset: float) -> float:
     """log(x) - exponent_offset * ln 2 for a positive normal double x (no special values)."""
     # x = 2**k * m with m in [sqrt(1/2), sqrt(2)): offsetting the bits makes the exponent field
@@ -134,7 +135,7 @@ def _log_reduced(x: float, exponent_offset: float) -> float:
     return _mul_add(dk, _LN2_HI, f + correction)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64_normal(x: float) -> float:
     """``log64`` for a positive, finite, normal double, such as any float32 or float16 above zero
     widened to float64; other inputs give an unspecified finite value.
@@ -145,7 +146,7 @@ def log64_normal(x: float) -> float:
     return _log_reduced(x, 0.0)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64_positive(x: float) -> float:
     """``log64`` for a positive, finite double, subnormals included; other inputs give an
     unspecified finite value. Same accuracy as ``log64``."""
@@ -156,7 +157,7 @@ def log64_positive(x: float) -> float:
     return _log_reduced(scaled, offset)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64(x: float) -> float:
     """Natural logarithm of a float64; branch-free so that loops calling it vectorise.
 
@@ -195,7 +196,7 @@ _EXP_C9 = 2.510894265902683e-08
 _EXP_C10 = 2.0914221467010214e-09
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def exp64(x: float) -> float:
     """e**x for a float64; branch-free so that loops calling it vectorise.
 
@@ -272,7 +273,7 @@ _F32_LG2 = np.float32(0.3997706472873688)
 _F32_LG3 = np.float32(0.2988561689853668)
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def log32(x: np.float32) -> np.float32:
     """Natural logarithm of a float32; same method as ``log64``.
 
@@ -315,7 +316,7 @@ _F32_EXP_C3 = np.float32(0.008368715643882751)
 _F32_EXP_C4 = np.float32(0.0013814602280035615)
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def exp32(x: np.float32) -> np.float32:
     """e**x for a float32; same method as ``exp64``.
 
