@@ -30,7 +30,7 @@ from reference import (
     exact_sum as reference_sum,
 )
 
-from klflow.kernels import cpu, exact_sum
+from klflow.kernels import cpu, exact_sum, pool
 
 DTYPES = [np.float16, np.float32, np.float64]
 DTYPE_IDS = ["f16", "f32", "f64"]
@@ -446,8 +446,11 @@ def test_serial_and_parallel_paths_agree_bitwise(monkeypatch, with_grad, log_tar
     x, y = make_pair((50_000,), dtype, log_target, 50)  # many BLOCKs, so several chunks
     coef = 0.125 if with_grad else None
     results = []
+    monkeypatch.setattr(cpu, "MIN_CHUNK", cpu.BLOCK)
+    monkeypatch.setattr(pool, "_thread_count", 3)  # whatever the machine's cores: three threads
     for threshold in (1 << 40, 0):  # everything serial, then everything parallel
         monkeypatch.setattr(cpu, "SERIAL_BELOW", threshold)
+        assert len(cpu._spans(x.size)) == 1 if threshold else len(cpu._spans(x.size)) >= 6
         state, grad = cpu.reduce_sum(x, y, log_target, coef)
         results.append((state_value(state, np.float64), state_value(state, dtype), grad))
     assert results[0][0] == results[1][0]

@@ -188,8 +188,11 @@ def _writable_directory(path: Path, private: bool = False) -> bool:
         return False
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def _in_tree_base() -> Path | None:
-    pycache = Path(__file__).resolve().parent / "__pycache__"
+    pycache = _PACKAGE_DIR / "__pycache__"
     if os.path.islink(pycache):
         return None  # it would lead out of the package
     return pycache / FOLDER_NAME
@@ -231,7 +234,10 @@ def cache_base() -> Path | None:
                 break
             tried.append(str(candidate))
         else:
-            private = _private_temporary_base()
+            try:
+                private = _private_temporary_base()
+            except OSError:  # tempfile found no usable temporary directory at all
+                private = Path(tempfile.tempdir or "/tmp") / f"{FOLDER_NAME}-{os.geteuid()}"
             if _writable_directory(private, private=True):
                 _base = private
                 _warn(
@@ -367,6 +373,16 @@ class KernelCache(_Cache):
             _write_entry(path, dumps((key, cres._reduce())))
         except OSError:
             pass  # a full or vanished folder costs a compile next time, nothing else
+
+
+def _fresh_locks_after_fork() -> None:
+    """A lock another thread held at fork would stay held in the child forever."""
+    global _keys_lock, _base_lock
+    _keys_lock, _base_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
 
 
 def enable(dispatcher: Dispatcher) -> Dispatcher:

@@ -37,9 +37,9 @@ from klflow.kernels.jit import jit, variant
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 assert BLOCK <= bounded_sum.BLOCK_LIMIT  # the bounded fast path sums a BLOCK at a time
-SERIAL_BELOW = 1 << 15  # elements under which handing out chunks costs more than it saves
+SERIAL_BELOW = 1 << 16  # elements under which handing out chunks costs more than it saves
 CHUNKS_PER_THREAD = 4  # chunks are taken in turn, so a thread that starts late does less
-MIN_CHUNK = 4 * BLOCK  # the smallest chunk handed to a thread
+MIN_CHUNK = 1 << 16  # below this a chunk's Python-side cost (slices, a kernel call) shows
 SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
 ABS_BITS = 0x7FFFFFFFFFFFFFFF  # clears the sign: the bits of |t| order like |t| (NaN above inf)
 # Result dtypes the bounded fast path can prove: its bound (~2**-40) is far below their ulp.
@@ -277,21 +277,22 @@ def bounded_kernel(log_target: bool, with_grad: bool) -> Any:
     return variant(_make_bounded_kernel, log_target, with_grad)
 
 
-def _spans(n: int, minimum: int) -> list[tuple[int, int]]:
-    """Cut ``range(n)`` into pieces of at least ``minimum`` elements (multiples of ``BLOCK``
-    except the last), ``CHUNKS_PER_THREAD`` per thread at most; one piece below SERIAL_BELOW."""
+def _spans(n: int) -> list[tuple[int, int]]:
+    """Cut ``range(n)`` into the pieces the threads take in turn: one below ``SERIAL_BELOW``,
+    else one per thread at least and ``CHUNKS_PER_THREAD`` per thread at most, none smaller than
+    ``MIN_CHUNK``; every boundary but the last falls on a multiple of ``BLOCK``."""
     threads = pool.thread_count()
     if n < SERIAL_BELOW or threads == 1:
         return [(0, n)]
-    count = max(1, min(threads * CHUNKS_PER_THREAD, n // minimum))
+    count = min(threads * CHUNKS_PER_THREAD, max(threads, n // MIN_CHUNK))
     step = -(-n // count)
     step = -(-step // BLOCK) * BLOCK
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
-def _over_chunks(n: int, call: Callable[[int, int], Any], minimum: int = MIN_CHUNK) -> list:
+def _over_chunks(n: int, call: Callable[[int, int], Any]) -> list:
     """``call(lo, hi)`` for pieces of ``range(n)``, spread over the threads; their results."""
-    spans = _spans(n, minimum)
+    spans = _spans(n)
     if len(spans) == 1:
         return [call(0, n)]
     results: list[Any] = [None] * len(spans)
@@ -488,6 +489,8 @@ def bounded_value(
     if not math.isfinite(bound):  # a NaN or infinite term, or magnitudes beyond float64
         return None
     dtype = np.dtype(dtype)
+    if state[exact_sum.NDIGITS :].any():  # NaN or infinite terms decide, whatever the error
+        return finish(state, divisor, dtype)
     center, width = exact_sum.exact_value(state), exact_sum.units(bound)
     ends = []
     for value in (center - width, center + width):

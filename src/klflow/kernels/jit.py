@@ -139,3 +139,22 @@ class _CompileNotice(event.Listener):
 
 _notice = _CompileNotice()
 event.register("numba:compile", _notice)
+
+
+def _hold_the_compiler_during_fork() -> None:
+    """A child forked while another thread compiles would inherit numba's compiler lock held by
+    a thread that does not exist there, and hang at its first compile: fork waits for it."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    lock = global_compiler_lock._lock
+
+    def fresh_locks_in_child() -> None:
+        global _variants_lock
+        _variants_lock = threading.Lock()
+        lock.release()
+
+    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=fresh_locks_in_child)
+
+
+if hasattr(os, "register_at_fork"):
+    _hold_the_compiler_during_fork()
