@@ -73,7 +73,9 @@ def test_every_half_gives_the_bits_of_the_f16c_instruction():
             out[i] = _llvm_half_to_float(bits[i])
         return out
 
-    np.testing.assert_array_equal(widen_all(ALL_HALVES).view(np.uint32), hardware_all(ALL_HALVES).view(np.uint32))
+    np.testing.assert_array_equal(
+        widen_all(ALL_HALVES).view(np.uint32), hardware_all(ALL_HALVES).view(np.uint32)
+    )
 
 
 def test_every_half_value_narrows_back_to_itself():

@@ -271,7 +271,9 @@ def _nobody_can_run_python() -> dict | None:
     nobody = pwd.getpwnam("nobody")
     as_nobody = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
     try:
-        probe = subprocess.run([sys.executable, "-c", "import numba"], capture_output=True, cwd="/", **as_nobody)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import numba"], capture_output=True, cwd="/", **as_nobody
+        )
     except OSError:  # the interpreter lies in a folder 'nobody' may not enter
         return None
     return as_nobody if probe.returncode == 0 else None

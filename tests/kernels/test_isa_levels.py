@@ -41,7 +41,11 @@ def _run_cases(cpu_name: str, cache: Path) -> subprocess.Popen:
     if cpu_name != "host":
         environment["NUMBA_CPU_NAME"] = cpu_name
     return subprocess.Popen(
-        [sys.executable, str(CASES)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(CASES)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

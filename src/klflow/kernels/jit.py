@@ -153,7 +153,9 @@ def _hold_the_compiler_during_fork() -> None:
         _variants_lock = threading.Lock()
         lock.release()
 
-    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=fresh_locks_in_child)
+    os.register_at_fork(
+        before=lock.acquire, after_in_parent=lock.release, after_in_child=fresh_locks_in_child
+    )
 
 
 if hasattr(os, "register_at_fork"):
