@@ -79,8 +79,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="klflow-isa-") as cache:
             env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
             env.update(NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
-            if level != "host":
-                env["NUMBA_CPU_NAME"] = level
+            if level != "host":  # numba adds the host's features to a name unless told otherwise
+                env.update(NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES="")
             done = subprocess.run(
                 [sys.executable, "-c", TIMING, str(args.log2), str(args.reps)],
                 env=env, capture_output=True, text=True, check=True,

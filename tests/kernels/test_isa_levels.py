@@ -1,7 +1,8 @@
 """The same bits on every x86-64 ISA level, and no floating-point contraction but the explicit one.
 
-Each ``NUMBA_CPU_NAME`` runs tests/kernels/isa_cases.py in a process of its own, with a kernel
-cache of its own, and its per-case digests must equal the host's. The polynomial helper of
+Each ``NUMBA_CPU_NAME`` (with ``NUMBA_CPU_FEATURES`` empty: that level's own instructions only)
+runs tests/kernels/isa_cases.py in a process of its own, with a kernel cache of its own, and its
+per-case digests must equal the host's. The polynomial helper of
 kernels/fastmath.py fuses with ``llvm.fma`` (an FMA instruction, or libm's ``fma`` on CPUs
 without one); nothing else may be fused, which the IR and assembly of the kernels show.
 """
@@ -39,7 +40,8 @@ def _run_cases(cpu_name: str, cache: Path) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
     environment.update(NUMBA_CACHE_DIR=str(cache), NUMBA_NUM_THREADS="1")
     if cpu_name != "host":
-        environment["NUMBA_CPU_NAME"] = cpu_name
+        # Without NUMBA_CPU_FEATURES numba adds the host's features to any name but "generic".
+        environment.update(NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES="")
     return subprocess.Popen(
         [sys.executable, str(CASES)],
         env=environment,
