@@ -348,7 +348,11 @@ class KernelCache(_Cache):
     def load_overload(self, sig: Any, target_context: Any) -> Any:
         if not self._enabled:
             return None
-        target_context.refresh()
+        # Loading needs numba's runtime (its symbols are linked in), not the registries that
+        # refresh() loads for compiling (a few tenths of a second of imports).
+        from numba.core.runtime import rtsys
+
+        rtsys.initialize(target_context)
         key = self._key(sig, target_context.codegen())
         path = self._path(key)
         data = _read_entry(path) if path is not None else None
