@@ -1,8 +1,10 @@
-"""CPU kernels (numba ``@njit``, parallel) and their launchers.
+"""CPU kernels (numba, compiled per case on first use) and their launchers.
 
-Tiers: the scalar math lives in :mod:`klflow.kernels.formula`; the ``_kernel`` functions here loop
-over flat contiguous arrays; the launcher functions at the bottom accept arrays of any shape and
-memory layout, pick the thread split and allocate outputs. No validation happens here.
+Tiers: the scalar math lives in :mod:`klflow.kernels.formula`; the ``_make_*_kernel`` functions
+here build the serial loops over flat contiguous arrays, one compiled kernel per case; the
+launcher functions at the bottom accept arrays of any shape and memory layout, cut them into
+chunks for klflow's worker threads (:mod:`klflow.kernels.pool`) and allocate outputs. No
+validation happens here.
 
 Every array enters as float32, float64 or float16; float16 travels as its uint16 bit pattern
 (numba has no CPU float16) and is widened to float64 on load. All arithmetic is float64, and the
