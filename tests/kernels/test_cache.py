@@ -218,7 +218,7 @@ def test_entries_are_not_read_or_written_through_symlinks(tmp_path, monkeypatch,
 def test_nothing_it_did_not_write_is_ever_deleted(tmp_path):
     shared = tmp_path / "cache"
     foreign = [shared / "other_project.f-12.py311.nbi", shared / "other_project.f-12.py311.1.nbc"]
-    older = shared / cache.FOLDER_NAME / "0123456789abcdef0123" / "cpu.old-kernel.nbk"
+    older = shared / cache.FOLDER_NAME / "0123456789abcdef0123" / "cpu.old-kernel.nbk"  # kept: few folders
     for path in [*foreign, older]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"keep me")
@@ -328,3 +328,32 @@ def test_a_read_only_install_without_a_writable_home_works(temporary):
             if not path.is_symlink():
                 path.chmod(0o755)
         shutil.rmtree(root)
+
+
+def test_only_klflows_older_entries_beyond_the_kept_folders_are_removed(tmp_path, monkeypatch, fresh_base):
+    monkeypatch.setattr(cache.config, "CACHE_DIR", str(tmp_path))
+    base = tmp_path / cache.FOLDER_NAME
+    older = []
+    for age in range(cache.KEEP_FOLDERS + 4):  # oldest first
+        folder = base / f"{age:020x}"
+        folder.mkdir(parents=True)
+        (folder / "cpu.kernel-0123.nbk").write_bytes(b"entry")
+        os.utime(folder, ns=(age * 10**9, age * 10**9))
+        older.append(folder)
+    (older[0] / "notes.txt").write_text("someone else's")  # this folder is not emptied of it
+    os.utime(older[0], ns=(0, 0))  # still the oldest
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cpu.kernel-0123.nbk").write_bytes(b"not in the cache")
+    (base / ("f" * 20)).symlink_to(outside)  # named like a key folder, but a link
+    unrelated = base / "not-a-key"
+    unrelated.mkdir()
+    (unrelated / "x.nbk").write_bytes(b"keep")
+
+    new = cache.cache_folder("klflow.kernels.formula")  # a folder that did not exist: prunes
+    assert new is not None and new.is_dir()
+    kept = older[-cache.KEEP_FOLDERS :]
+    assert all((folder / "cpu.kernel-0123.nbk").exists() for folder in kept)
+    assert all(not folder.exists() for folder in older[1:4])
+    assert (older[0] / "notes.txt").exists() and not (older[0] / "cpu.kernel-0123.nbk").exists()
+    assert (outside / "cpu.kernel-0123.nbk").exists() and (unrelated / "x.nbk").exists()

@@ -18,8 +18,9 @@ Where the folders go, first usable place wins:
 
 Inside, files are named by a hash of (function, closure constants, signature, target CPU) and
 written atomically (a temporary file, then a rename), so ranks that start together share the
-folder safely; a file whose recorded key differs is ignored. Nothing here deletes a file it did
-not write, follows a symlink to read an entry, or writes through one.
+folder safely; a file whose recorded key differs is ignored. When a new folder appears, the
+least recently used folders of older code beyond ``KEEP_FOLDERS`` lose their entries; nothing
+here deletes a file it did not write, follows a symlink to read an entry, or writes through one.
 
 >>> key = content_key("klflow.kernels.formula")
 >>> len(key), key == content_key("klflow.kernels.formula")
@@ -158,6 +159,10 @@ def content_key(module_name: str) -> str:
 # ------------------------------------------------------------------ where the cache lives
 
 
+def _user_id() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else 0
+
+
 def _warn(message: str) -> None:
     print(f"klflow: {message}", file=sys.stderr, flush=True)
 
@@ -178,7 +183,7 @@ def _writable_directory(path: Path, private: bool = False) -> bool:
             return False
         if private:
             info = os.lstat(path)
-            if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            if info.st_uid != _user_id() or info.st_mode & 0o077:
                 return False
         handle, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
         os.close(handle)
@@ -205,7 +210,7 @@ def _user_wide_base() -> Path:
 
 
 def _private_temporary_base() -> Path:
-    return Path(tempfile.gettempdir()) / f"{FOLDER_NAME}-{os.geteuid()}"
+    return Path(tempfile.gettempdir()) / f"{FOLDER_NAME}-{_user_id()}"
 
 
 _base: Path | None = None
@@ -237,7 +242,7 @@ def cache_base() -> Path | None:
             try:
                 private = _private_temporary_base()
             except OSError:  # tempfile found no usable temporary directory at all
-                private = Path(tempfile.tempdir or "/tmp") / f"{FOLDER_NAME}-{os.geteuid()}"
+                private = Path(tempfile.tempdir or "/tmp") / f"{FOLDER_NAME}-{_user_id()}"
             if _writable_directory(private, private=True):
                 _base = private
                 _warn(
@@ -267,10 +272,45 @@ def cache_folder(module_name: str) -> Path | None:
         return None
     folder = base / content_key(module_name)
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir()
+    except FileExistsError:
+        pass
     except OSError:
         return None
+    else:
+        _prune_older_folders(base, keep=folder)
     return folder if _is_real_directory(folder) else None
+
+
+KEEP_FOLDERS = 8  # kernel folders of earlier code kept beside a new one (other checkouts, versions)
+_KEY_LENGTH = 20
+
+
+def _is_entry_name(name: str) -> bool:
+    """A file klflow writes in a kernel folder: an entry, or a temporary one being written."""
+    return name.endswith(_ENTRY_SUFFIX) or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _prune_older_folders(base: Path, keep: Path) -> None:
+    """When a new kernel folder appears, empty the least recently used folders of older code
+    beyond ``KEEP_FOLDERS``: only folders named like a content key, only the entries klflow
+    writes, never through a symlink; a folder left with anything else in it stays."""
+    try:
+        folders = []
+        for item in os.scandir(base):
+            is_key = len(item.name) == _KEY_LENGTH and all(c in "0123456789abcdef" for c in item.name)
+            if is_key and item.is_dir(follow_symlinks=False) and item.path != str(keep):
+                folders.append((item.stat(follow_symlinks=False).st_mtime_ns, item.path))
+    except OSError:
+        return
+    for _, path in sorted(folders, reverse=True)[KEEP_FOLDERS:]:
+        try:
+            for entry in os.scandir(path):
+                if _is_entry_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)  # written by klflow, for code no longer loaded here
+            os.rmdir(path)  # only if nothing else was in it
+        except OSError:
+            continue  # in use, or not ours to empty
 
 
 # ------------------------------------------------------------------ one function's entries
@@ -374,7 +414,7 @@ class KernelCache(_Cache):
         if path is None:
             return
         try:
-            _write_entry(path, dumps((key, cres._reduce())))
+            _write_entry(path, dumps((key, cres._reduce())))  # also marks the folder as used
         except OSError:
             pass  # a full or vanished folder costs a compile next time, nothing else
 
