@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    import numba
-
     import klflow as flow
     import klflow.nn.functional as F
     from klflow.distributed import comm
@@ -91,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
         "scalar_allreduce_us": slowest_ms(lambda: comm.allreduce_sum(scalar), 200) * 1e3,
     }
     if rank == 0:
-        result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}
+        result = {"ranks": size, "threads": flow.env.get_num_threads(), "rows": rows, **latency}
         report(result)
 
 
