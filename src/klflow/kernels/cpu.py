@@ -461,8 +461,12 @@ _FLOAT64 = _FORMATS[np.dtype(np.float64)]
 
 
 def _divided(value: float, divisor: int, dtype: np.dtype) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.array(np.float64(value) / np.float64(divisor), dtype=dtype)
+    """``value / divisor`` in float64 (IEEE division, as NumPy's), then rounded to ``dtype``."""
+    if divisor == 0:  # an empty batch: 0/0 is NaN, and x/0 an infinity of x's sign
+        quotient = math.nan if value == 0 or math.isnan(value) else math.copysign(math.inf, value)
+    else:
+        quotient = value / float(divisor)
+    return np.array(quotient, dtype=dtype)
 
 
 def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
@@ -491,7 +495,8 @@ def bounded_value(
     if not math.isfinite(bound):  # a NaN or infinite term, or magnitudes beyond float64
         return None
     dtype = np.dtype(dtype)
-    if state[exact_sum.NDIGITS :].any():  # NaN or infinite terms decide, whatever the error
+    if state[exact_sum.NAN_COUNT] or state[exact_sum.POS_INF_COUNT] or state[exact_sum.NEG_INF_COUNT]:
+        # NaN or infinite terms decide, whatever the error
         return finish(state, divisor, dtype)
     center, width = exact_sum.exact_value(state), exact_sum.units(bound)
     ends = []

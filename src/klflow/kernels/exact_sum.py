@@ -246,17 +246,11 @@ def exact_value(state: np.ndarray) -> int:
     True
     """
     digits = state[:NDIGITS]
-    # digit = low + high * 2**32 with low in [0, 2**32) and high a signed 32-bit integer, which is
-    # unsigned_high - 2**32 where negative: three unsigned little-endian byte strings in all.
-    low = (digits & 0xFFFFFFFF).astype("<u4").tobytes()
-    high = digits >> DIGIT_BITS
-    high_unsigned = (high & 0xFFFFFFFF).astype("<u4").tobytes()
-    negative = (high < 0).astype("<u4").tobytes()
-    return (
-        int.from_bytes(low, "little")
-        + (int.from_bytes(high_unsigned, "little") << DIGIT_BITS)
-        - (int.from_bytes(negative, "little") << (2 * DIGIT_BITS))
-    )
+    nonzero = np.flatnonzero(digits)  # a sum spans a few digits: add only those
+    value = 0
+    for k, digit in zip(nonzero.tolist(), digits[nonzero].tolist(), strict=True):
+        value += digit << (DIGIT_BITS * k)
+    return value
 
 
 def _set_value(state: np.ndarray, value: int) -> None:
