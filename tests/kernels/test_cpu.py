@@ -550,3 +550,14 @@ def test_gradients_of_empty_arrays():
     empty = np.zeros((0, 3), np.float16)
     assert cpu.input_grad_array(empty, 1.0, 1.0, False).shape == (0, 3)
     assert cpu.target_grad_array(empty, empty, empty, 1.0, True).shape == (0, 3)
+
+
+@pytest.mark.parametrize(("special", "expected"), [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, -np.inf)])
+def test_bounded_value_lets_special_terms_decide(special, expected):
+    """A rank that fell back to the exact path hands over an exact state with a zero magnitude
+    total: its NaN or infinity counters must decide the combined value, whatever the bound."""
+    state = exact_sum.new_state()
+    exact_sum.add_float(state, 12.0)
+    exact_sum.add_float(state, special)
+    value = cpu.bounded_value(state, 3.0, 1, np.float32)
+    assert value is not None and value.tobytes() == np.float32(expected).tobytes()
