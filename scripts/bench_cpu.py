@@ -81,24 +81,24 @@ def repeated_log(y, out, repeats):
             out[i] = log_finite_positive(y[i])
 
 
-@njit(cache=True)
-def repeated_block_sum(x, y, grad, with_grad, repeats):
-    """klflow's per-thread reduction loop (terms, exact sum, optional fused gradient) over a
+@njit
+def repeated_block_sum(kernel, x, y, grad, repeats):
+    """klflow's exact reduction kernel (terms, exact sum, optional fused gradient) over a
     cache-resident block, ``repeats`` times: its arithmetic cost with no memory traffic."""
     state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
     buffer = np.empty(cpu.BLOCK, dtype=np.float64)
     for _ in range(repeats):
-        cpu.sum_range(x, y, False, 1.0, grad, with_grad, 0, x.size, state, buffer)
+        kernel(x, y, 1.0, grad, state, buffer)
     return state
 
 
-@njit(cache=True)
-def repeated_bounded_sum(x, y, grad, with_grad, repeats):
-    """The same for the bounded fast path that float32 results take (``cpu.bounded_range``)."""
+@njit
+def repeated_bounded_sum(kernel, x, y, grad, repeats):
+    """The same for the bounded fast path that float32 results take (``cpu.bounded_kernel``)."""
     state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
     magnitudes = 0.0
     for _ in range(repeats):
-        magnitudes += cpu.bounded_range(x, y, False, 1.0, grad, with_grad, 0, x.size, state)
+        magnitudes += kernel(x, y, 1.0, grad, state)
     return magnitudes
 
 
@@ -139,16 +139,16 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
         "NumPy float64 log (its SIMD loop)": ns_per_element(lambda: numpy_log(wide_y, out64), elements),
         "NumPy float32 log (its SIMD loop)": ns_per_element(lambda: numpy_log(y, out32), elements),
         "klflow exact sum loop (terms + exact sum)": ns_per_element(
-            lambda: repeated_block_sum(x, y, grad, False, repeats), elements
+            lambda: repeated_block_sum(cpu.sum_kernel(False, False), x, y, grad, repeats), elements
         ),
         "klflow exact fwd+bwd loop (+ gradient)": ns_per_element(
-            lambda: repeated_block_sum(x, y, grad, True, repeats), elements
+            lambda: repeated_block_sum(cpu.sum_kernel(False, True), x, y, grad, repeats), elements
         ),
         "klflow bounded sum loop (float32 results)": ns_per_element(
-            lambda: repeated_bounded_sum(x, y, grad, False, repeats), elements
+            lambda: repeated_bounded_sum(cpu.bounded_kernel(False, False), x, y, grad, repeats), elements
         ),
         "klflow bounded fwd+bwd loop": ns_per_element(
-            lambda: repeated_bounded_sum(x, y, grad, True, repeats), elements
+            lambda: repeated_bounded_sum(cpu.bounded_kernel(False, True), x, y, grad, repeats), elements
         ),
     }
     allowed = read_floor_ms * 1e6 * threads / n
@@ -313,7 +313,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    threads = numba.get_num_threads()
+    threads = flow.env.get_num_threads()
+    numba.set_num_threads(threads)  # the floors' prange loops: as many threads as klflow's
     torch_version = None if args.no_torch else installed_torch_version()
     if not args.no_torch and torch_version is None:
         print("PyTorch is not installed: its columns are skipped", file=sys.stderr)

@@ -31,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    import numba
-
     import klflow as flow
     import klflow.nn.functional as F
     from klflow.distributed import comm
@@ -98,7 +96,7 @@ def worker(args: argparse.Namespace) -> None:
         * 1e3,
     }
     if rank == 0:
-        result = {"ranks": size, "threads": numba.get_num_threads(), "rows": rows, **latency}
+        result = {"ranks": size, "threads": flow.env.get_num_threads(), "rows": rows, **latency}
         report(result)
 
 

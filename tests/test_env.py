@@ -1,4 +1,4 @@
-"""Rank, world size and the per-rank numba thread count."""
+"""Rank, world size and the per-rank CPU thread count."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_default_threads_split_the_cores(monkeypatch):
 
 
 def _threads_in_fresh_process(extra_env: dict) -> int:
-    code = "import klflow, numba; print(numba.get_num_threads())"
+    code = "import klflow; print(klflow.env.get_num_threads())"
     environment = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MPI_LOCALNRANKS")}
     environment.update(extra_env)
     done = subprocess.run(
@@ -71,3 +71,9 @@ def test_the_launchers_rank_is_read_without_starting_mpi(monkeypatch, variable):
     assert env.launcher_rank() == 0
     monkeypatch.setenv(variable, "3")
     assert env.launcher_rank() == 3
+
+
+def test_set_num_threads_refuses_nonsense():
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            flow.env.set_num_threads(bad)

@@ -1,4 +1,4 @@
-"""``klflow.env``: the job's rank and size, and the numba thread count per rank.
+"""``klflow.env``: the job's rank and size, and the CPU thread count per rank.
 
 >>> import klflow as flow
 >>> flow.env.get_rank(), flow.env.get_world_size()
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from klflow.distributed import comm
+from klflow.kernels import pool
 
 # Variables launchers set for the number of ranks sharing this node (MPICH/Hydra, Open MPI, Slurm).
 _LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
@@ -63,11 +64,28 @@ def default_thread_count() -> int:
 
 
 def configure_threads() -> int:
-    """Size numba's thread pool so that ranks × threads ≤ cores, unless NUMBA_NUM_THREADS is set."""
-    import numba
-
-    if os.environ.get("NUMBA_NUM_THREADS"):
-        return numba.get_num_threads()
-    threads = min(default_thread_count(), numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(threads)
+    """Size klflow's CPU thread pool so that ranks × threads ≤ cores, unless NUMBA_NUM_THREADS is
+    set (then it is that number). Returns the thread count. numba's own threading layer is not
+    touched: klflow's kernels do not use it."""
+    variable = os.environ.get("NUMBA_NUM_THREADS", "")
+    threads = int(variable) if variable.isdigit() and int(variable) > 0 else default_thread_count()
+    set_num_threads(threads)
     return threads
+
+
+def set_num_threads(count: int) -> None:
+    """Let each klflow CPU kernel launch use up to ``count`` threads, whichever Python thread
+    calls (the calling thread and ``count - 1`` workers shared by the whole process).
+
+    >>> import klflow as flow
+    >>> before = flow.env.get_num_threads()
+    >>> flow.env.set_num_threads(1); flow.env.get_num_threads()
+    1
+    >>> flow.env.set_num_threads(before)
+    """
+    pool.set_thread_count(count)
+
+
+def get_num_threads() -> int:
+    """The most threads one klflow CPU kernel launch uses."""
+    return pool.thread_count()

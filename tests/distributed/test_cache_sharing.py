@@ -24,11 +24,16 @@ JOB = textwrap.dedent("""
 """)
 
 
+def _entries(folder):
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*.nbk")}
+
+
 @needs_mpiexec
 def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    for _attempt in ("cold", "warm"):
+    written = {}
+    for attempt in ("cold", "warm"):
         result = run_job(script, 2, HANG_GUARD_S, {"NUMBA_CACHE_DIR": str(tmp_path / "cache")})
         out = result.stdout
         assert result.returncode == 0, out
@@ -37,4 +42,6 @@ def test_ranks_share_an_empty_cache_then_load_it(tmp_path):
         assert sorted(r[0] for r in results) == ["0", "1"], out
         assert all(r[1] == "ok" for r in results), out
         assert len({r[2] for r in results}) == 1  # same bits on both ranks
-    assert any((tmp_path / "cache").rglob("*.nbi")), "nothing was cached"
+        written[attempt] = _entries(tmp_path / "cache")
+    assert written["cold"], "nothing was cached"
+    assert written["warm"] == written["cold"], "the warm run compiled again instead of loading"

@@ -30,7 +30,7 @@ from reference import (
     exact_sum as reference_sum,
 )
 
-from klflow.kernels import cpu, exact_sum
+from klflow.kernels import cpu, exact_sum, pool
 
 DTYPES = [np.float16, np.float32, np.float64]
 DTYPE_IDS = ["f16", "f32", "f64"]
@@ -363,7 +363,8 @@ def test_reduce_fast_path_for_fortran_and_strided_inputs(dtype):
 
 
 def _bounded(x, y, log_target):
-    state, magnitudes = cpu._bounded_kernel_serial(x, y, log_target, 0.0, np.empty(0, x.dtype), False)
+    state = exact_sum.new_state()
+    magnitudes = cpu.bounded_kernel(log_target, False)(x, y, 0.0, np.empty(0, x.dtype), state)
     return cpu.bounded_value(state, magnitudes, 1, x.dtype)
 
 
@@ -445,8 +446,11 @@ def test_serial_and_parallel_paths_agree_bitwise(monkeypatch, with_grad, log_tar
     x, y = make_pair((50_000,), dtype, log_target, 50)  # many BLOCKs, so several chunks
     coef = 0.125 if with_grad else None
     results = []
+    monkeypatch.setattr(cpu, "MIN_CHUNK", cpu.BLOCK)
+    monkeypatch.setattr(pool, "_thread_count", 3)  # whatever the machine's cores: three threads
     for threshold in (1 << 40, 0):  # everything serial, then everything parallel
         monkeypatch.setattr(cpu, "SERIAL_BELOW", threshold)
+        assert len(cpu._spans(x.size)) == 1 if threshold else len(cpu._spans(x.size)) >= 6
         state, grad = cpu.reduce_sum(x, y, log_target, coef)
         results.append((state_value(state, np.float64), state_value(state, dtype), grad))
     assert results[0][0] == results[1][0]
@@ -546,3 +550,14 @@ def test_gradients_of_empty_arrays():
     empty = np.zeros((0, 3), np.float16)
     assert cpu.input_grad_array(empty, 1.0, 1.0, False).shape == (0, 3)
     assert cpu.target_grad_array(empty, empty, empty, 1.0, True).shape == (0, 3)
+
+
+@pytest.mark.parametrize(("special", "expected"), [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, -np.inf)])
+def test_bounded_value_lets_special_terms_decide(special, expected):
+    """A rank that fell back to the exact path hands over an exact state with a zero magnitude
+    total: its NaN or infinity counters must decide the combined value, whatever the bound."""
+    state = exact_sum.new_state()
+    exact_sum.add_float(state, 12.0)
+    exact_sum.add_float(state, special)
+    value = cpu.bounded_value(state, 3.0, 1, np.float32)
+    assert value is not None and value.tobytes() == np.float32(expected).tobytes()

@@ -15,7 +15,6 @@ import math
 import zlib
 from fractions import Fraction
 
-import numba
 import numpy as np
 import pytest
 from data import make_pair
@@ -545,11 +544,9 @@ def test_float32_sum_of_four_million_elements():
 # ---------------------------------------------------------------------------- thread counts
 @pytest.fixture
 def two_thread_counts():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("numba was started with a single thread")
-    before = numba.get_num_threads()
+    before = flow.env.get_num_threads()
     yield (1, 2)
-    numba.set_num_threads(before)
+    flow.env.set_num_threads(before)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
@@ -561,7 +558,7 @@ def test_reductions_bitwise_identical_across_thread_counts(two_thread_counts, re
     xl, yl = relayout(x, layout), relayout(y, layout)
     results = []
     for threads in two_thread_counts:
-        numba.set_num_threads(threads)
+        flow.env.set_num_threads(threads)
         xt = flow.from_numpy(xl)
         xt.requires_grad = True
         out = F.kl_div(xt, flow.from_numpy(yl), reduction=reduction)
@@ -579,7 +576,7 @@ def test_none_and_gradients_bitwise_identical_across_thread_counts(two_thread_co
     upstream = make_upstream(shape, np.float64, 11)
     results = []
     for threads in two_thread_counts:
-        numba.set_num_threads(threads)
+        flow.env.set_num_threads(threads)
         xt, yt = flow.tensor(x, requires_grad=True), flow.tensor(y, requires_grad=True)
         out = F.kl_div(xt, yt, reduction="none", log_target=log_target)
         out.backward(flow.tensor(upstream))

@@ -173,6 +173,40 @@ def cases(cfg: CheckConfig) -> list[tuple[str, str, str, str, bool]]:
     ]
 
 
+def prepare_kernels(cfg: CheckConfig) -> None:
+    """Compile the CPU kernels the cases use before running them, each rank its share.
+
+    Kernels compile on first use and go to the on-disk cache the ranks of a node share; compiling
+    a share each and then waiting for the others lets the ranks compile side by side instead of
+    all compiling everything. A kernel another rank could not share (no common cache) compiles
+    at its first use, as it would have anyway.
+    """
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    groups = sorted(
+        {(dtype, log_target, reduction == "none") for dtype in cfg.dtypes for reduction in cfg.reductions
+         for log_target in cfg.log_target}
+    )  # fmt: skip
+    for dtype_name, log_target, elementwise in groups[rank::size]:
+        dtype = np.dtype(dtype_name)
+        x = np.linspace(-2.0, -0.5, 6).reshape(2, 3).astype(dtype)
+        y = (
+            (np.linspace(-3.0, -0.1, 6) if log_target else np.linspace(0.1, 0.9, 6))
+            .reshape(2, 3)
+            .astype(dtype)
+        )
+        reduction = "none" if elementwise else next(r for r in cfg.reductions if r != "none")
+        xt = flow.from_numpy(x.copy())
+        xt.requires_grad = cfg.backward
+        out = flow.nn.functional.kl_div(xt, flow.from_numpy(y), reduction=reduction, log_target=log_target)
+        if cfg.backward:
+            out.backward(flow.from_numpy(np.ones_like(x)) if elementwise else None)
+        flow.nn.functional.kl_div(
+            flow.from_numpy(x), flow.from_numpy(y), reduction=reduction, log_target=log_target
+        )
+    if size > 1:  # every rank waits until all shares are compiled (an all-gather)
+        spread(np.zeros(size), "split(0)", False).to_global(sbp=flow.sbp.broadcast).numpy()
+
+
 def _short(sbp_name: str) -> str:
     return ",".join(str(entry) for entry in parse_layout(sbp_name))
 
@@ -220,9 +254,10 @@ def run(cfg: CheckConfig, out: TextIO = sys.stdout, progress: TextIO = sys.stder
         f"relative tolerance {format_tolerances(cfg)}; "
         f"reduced values {'must be' if cfg.bitwise else 'need not be'} bitwise equal to one process's"
     )
+    started = last_progress = time.monotonic()
+    prepare_kernels(cfg)
     say(HEADER)
     results = []
-    started = last_progress = time.monotonic()
     for number, case in enumerate(todo, 1):
         result = run_case(cfg, *case)
         results.append(result)

@@ -38,7 +38,7 @@ Why ``E`` bounds the error (``u = 2**-53``, ``g(k) = k u / (1 - k u)``):
 
 from __future__ import annotations
 
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 BLOCK_LIMIT = 4096  # the most terms one block sum may take
@@ -63,11 +63,10 @@ def add_any_order(typingctx, total, term):
     return types.float64(types.float64, types.float64), codegen
 
 
-@njit(cache=True)
 def error_bound(magnitude_total: float) -> float:
     """``E`` for a running total ``A`` of block magnitude sums (see the module docstring); NaN
     or infinity if ``A`` is (no bound then). A zero ``A`` means every term was zero, and every
-    sum of them exactly zero."""
+    sum of them exactly zero. Plain Python: it runs once per reduction, on the host."""
     if magnitude_total == 0.0:
         return 0.0
     return magnitude_total * _BOUND_FACTOR + _SMALLEST_SUBNORMAL

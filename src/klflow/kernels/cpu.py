@@ -1,8 +1,10 @@
-"""CPU kernels (numba ``@njit``, parallel) and their launchers.
+"""CPU kernels (numba, compiled per case on first use) and their launchers.
 
-Tiers: the scalar math lives in :mod:`klflow.kernels.formula`; the ``_kernel`` functions here loop
-over flat contiguous arrays; the launcher functions at the bottom accept arrays of any shape and
-memory layout, pick the thread split and allocate outputs. No validation happens here.
+Tiers: the scalar math lives in :mod:`klflow.kernels.formula`; the ``_make_*_kernel`` functions
+here build the serial loops over flat contiguous arrays, one compiled kernel per case; the
+launcher functions at the bottom accept arrays of any shape and memory layout, cut them into
+chunks for klflow's worker threads (:mod:`klflow.kernels.pool`) and allocate outputs. No
+validation happens here.
 
 Every array enters as float32, float64 or float16; float16 travels as its uint16 bit pattern
 (numba has no CPU float16) and is widened to float64 on load. All arithmetic is float64, and the
@@ -21,36 +23,38 @@ array([ 1.3514,  0.    , -0.0836], dtype=float32)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import types
 from numba.extending import overload
 
-from klflow.kernels import bounded_sum, exact_sum, formula
+from klflow.kernels import bounded_sum, exact_sum, formula, pool
 from klflow.kernels.bits import f64_as_i64, f64_to_half_bits, half_bits_to_f32
 from klflow.kernels.bounded_sum import add_any_order
 from klflow.kernels.fastmath import exp64, log64, log64_normal, log64_positive
+from klflow.kernels.jit import jit, variant
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 assert BLOCK <= bounded_sum.BLOCK_LIMIT  # the bounded fast path sums a BLOCK at a time
-SERIAL_BELOW = 1 << 15  # elements under which a parallel launch costs more than it saves
+SERIAL_BELOW = 1 << 16  # elements under which handing out chunks costs more than it saves
+CHUNKS_PER_THREAD = 4  # chunks are taken in turn, so a thread that starts late does less
+MIN_CHUNK = 1 << 16  # below this a chunk's Python-side cost (slices, a kernel call) shows
 SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
 ABS_BITS = 0x7FFFFFFFFFFFFFFF  # clears the sign: the bits of |t| order like |t| (NaN above inf)
 # Result dtypes the bounded fast path can prove: its bound (~2**-40) is far below their ulp.
 BOUNDED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
-_jit = dict(cache=True, nogil=True)
-_inline = dict(inline="always", cache=True)
-
-kl_term = njit(**_inline)(formula.kl_term)
-kl_term_log_target = njit(**_inline)(formula.kl_term_log_target)
-input_grad = njit(**_inline)(formula.input_grad)
-input_grad_log_target = njit(**_inline)(formula.input_grad_log_target)
-target_grad = njit(**_inline)(formula.target_grad)
-target_grad_log_target = njit(**_inline)(formula.target_grad_log_target)
+# The per-element helpers are small: LLVM inlines them into the loops that call them (and then
+# vectorises those loops), which compiles faster than numba-level inlining.
+kl_term = jit(inline="always")(formula.kl_term)
+kl_term_log_target = jit(inline="always")(formula.kl_term_log_target)
+input_grad = jit(inline="always")(formula.input_grad)
+input_grad_log_target = jit(inline="always")(formula.input_grad_log_target)
+target_grad = jit(inline="always")(formula.target_grad)
+target_grad_log_target = jit(inline="always")(formula.target_grad_log_target)
 
 
 # ------------------------------------------------------------------ loads and stores by dtype
@@ -81,42 +85,39 @@ def _narrow(template, value):
     return lambda template, value: value
 
 
-def can_be_subnormal(value):  # pragma: no cover - replaced by the overload inside compiled code
-    """Whether an element as stored can be subnormal once widened to float64 (a constant)."""
-    raise NotImplementedError
-
-
-@overload(can_be_subnormal, inline="always")
-def _can_be_subnormal(value):
-    # Widened float32 and float16 elements are normal doubles; float64 ones can be subnormal.
-    subnormal = value == types.float64
-    return lambda value: subnormal
-
-
-@njit(**_inline)
-def log_finite_positive(value):
+def log_finite_positive(value):  # pragma: no cover - replaced by the overload inside compiled code
     """log of an element as stored (float16 as its bits), widened to float64: exact for finite
     elements above zero, an unspecified finite value otherwise. Skipping the special values is a
     third of ``log64``'s work, and float32/float16 elements also skip the subnormal scaling."""
-    wide = widen(value)
-    if can_be_subnormal(value):
-        return log64_positive(wide)
-    return log64_normal(wide)
+    raise NotImplementedError
 
 
-@njit(**_inline)
-def _term(x, y, log_target):
-    """The loss element of two array elements as stored (float16 as its bits)."""
+@overload(log_finite_positive, inline="always")
+def _log_finite_positive(value):
+    # Widened float32 and float16 elements are normal doubles; float64 ones can be subnormal.
+    if value == types.float64:
+        return lambda value: log64_positive(value)
+    return lambda value: log64_normal(widen(value))
+
+
+@jit(inline="always")
+def _term(x, y):
+    """The loss element of two array elements as stored (float16 as its bits), probability target."""
     wide_y = widen(y)
-    if log_target:
-        return kl_term_log_target(widen(x), wide_y, exp64(wide_y))
     # kl_term masks zero, negative and NaN targets itself; only +inf needs its true log.
     log_y = log_finite_positive(y)
     log_y = wide_y if wide_y == np.inf else log_y
     return kl_term(widen(x), wide_y, log_y)
 
 
-@njit(**_inline)
+@jit(inline="always")
+def _term_log_target(x, y):
+    """The loss element of two array elements as stored, log-probability target."""
+    wide_y = widen(y)
+    return kl_term_log_target(widen(x), wide_y, exp64(wide_y))
+
+
+@jit(inline="always")
 def _term_and_input_grad_log_target(x, y, coef):
     """(the loss element, coef × d element/d x) for a log-probability target, sharing one exp."""
     wide_y = widen(y)
@@ -124,223 +125,185 @@ def _term_and_input_grad_log_target(x, y, coef):
     return kl_term_log_target(widen(x), wide_y, exp_y), coef * input_grad_log_target(exp_y)
 
 
-@njit(**_inline)
-def _input_grad(y, log_target):
-    if log_target:
-        return input_grad_log_target(exp64(y))
-    return input_grad(y)
-
-
-@njit(**_inline)
-def _target_grad(x, y, log_target):
-    if log_target:
-        return target_grad_log_target(x, y, exp64(y))
-    return target_grad(x, log64(y))
-
-
 # ------------------------------------------------------------------ kernels (flat, contiguous)
-@njit(**_inline)
-def _fill_terms(x, y, log_target, buffer, count):
-    """Write the terms into ``buffer``; return the largest |term| as bits (an integer maximum
-    vectorises where a float one does not), which spares the exact sum a pass."""
-    largest = np.int64(0)
-    # Two loops instead of a branch per element, so each one vectorises.
-    if log_target:
-        for i in range(count):
-            term = _term(x[i], y[i], True)
-            buffer[i] = term
-            largest = max(largest, f64_as_i64(term) & ABS_BITS)
-    else:
-        for i in range(count):
-            term = _term(x[i], y[i], False)
-            buffer[i] = term
-            largest = max(largest, f64_as_i64(term) & ABS_BITS)
-    return largest
+# Each kernel is built for one case (log_target, fused gradient, ...): the flags are closure
+# constants, so numba drops the other cases' loops before compiling, and a call compiles only
+# the loop it runs. Each runs serially on the slice it is given and releases the GIL; the
+# launchers below hand the slices to the threads of :mod:`klflow.kernels.pool`.
+def _make_sum_kernel(log_target: bool, with_grad: bool) -> Callable:
+    def sum_kernel(x, y, coef, grad, state, buffer):
+        """Add the terms of ``x``/``y`` exactly into ``state`` (and, ``with_grad``, write grad =
+        coef × d element/d x in the same pass), ``BLOCK`` terms at a time through ``buffer``.
+        The caller allocates both (numba's allocation routines cost compile time)."""
+        for start in range(0, x.size, BLOCK):
+            stop = start + BLOCK if start + BLOCK < x.size else x.size
+            count = stop - start
+            xs, ys, gs = x[start:stop], y[start:stop], grad[start:stop]
+            # The largest |term| as bits (an integer maximum vectorises where a float one does
+            # not) spares the exact sum a pass. One loop per case, so that each vectorises; the
+            # gradient stores share the term loop (as a loop of their own, streaming from memory
+            # ran 5 to 15 % slower here, the opposite of the bounded kernel: both measured).
+            largest = np.int64(0)
+            if with_grad and log_target:
+                for i in range(count):
+                    term, grad_value = _term_and_input_grad_log_target(xs[i], ys[i], coef)
+                    buffer[i] = term
+                    largest = max(largest, f64_as_i64(term) & ABS_BITS)
+                    gs[i] = narrow(gs, grad_value)
+            elif with_grad:
+                for i in range(count):
+                    term = _term(xs[i], ys[i])
+                    buffer[i] = term
+                    largest = max(largest, f64_as_i64(term) & ABS_BITS)
+                    gs[i] = narrow(gs, coef * input_grad(widen(ys[i])))
+            elif log_target:
+                for i in range(count):
+                    term = _term_log_target(xs[i], ys[i])
+                    buffer[i] = term
+                    largest = max(largest, f64_as_i64(term) & ABS_BITS)
+            else:
+                for i in range(count):
+                    term = _term(xs[i], ys[i])
+                    buffer[i] = term
+                    largest = max(largest, f64_as_i64(term) & ABS_BITS)
+            exact_sum.add_terms_bounded(state, buffer, count, largest)
+
+    return sum_kernel
 
 
-@njit(**_inline)
-def _fill_terms_and_grad(x, y, log_target, coef, grad, buffer, count):
-    """``_fill_terms`` that also writes grad = coef × d element/d x. The stores share the term
-    loop here: as a loop of their own, streaming from memory ran 5 to 15 % slower (the opposite of
-    the bounded path's ``_block_sums``; both measured each way)."""
-    largest = np.int64(0)
-    if log_target:
-        for i in range(count):
-            term, grad_value = _term_and_input_grad_log_target(x[i], y[i], coef)
-            buffer[i] = term
-            largest = max(largest, f64_as_i64(term) & ABS_BITS)
-            grad[i] = narrow(grad, grad_value)
-    else:
-        for i in range(count):
-            term = _term(x[i], y[i], False)
-            buffer[i] = term
-            largest = max(largest, f64_as_i64(term) & ABS_BITS)
-            grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
-    return largest
+def _make_bounded_kernel(log_target: bool, with_grad: bool) -> Callable:
+    def bounded_kernel(x, y, coef, grad, state):
+        """The bounded fast path (:mod:`klflow.kernels.bounded_sum`): add the float64 sum of each
+        ``BLOCK`` of terms exactly into ``state`` and return the running total of their
+        magnitude sums; with ``with_grad``, also write the fused gradient."""
+        magnitude_total = 0.0
+        for start in range(0, x.size, BLOCK):
+            stop = start + BLOCK if start + BLOCK < x.size else x.size
+            count = stop - start
+            xs, ys, gs = x[start:stop], y[start:stop], grad[start:stop]
+            total = 0.0
+            magnitude = 0.0
+            if log_target and with_grad:
+                # One loop: the term and the gradient share exp(y), which costs more than the
+                # stores (a separate gradient loop made this 1.8× slower).
+                for i in range(count):
+                    term, grad_value = _term_and_input_grad_log_target(xs[i], ys[i], coef)
+                    total = add_any_order(total, term)
+                    magnitude = add_any_order(magnitude, abs(term))
+                    gs[i] = narrow(gs, grad_value)
+            elif log_target:
+                for i in range(count):
+                    term = _term_log_target(xs[i], ys[i])
+                    total = add_any_order(total, term)
+                    magnitude = add_any_order(magnitude, abs(term))
+            else:
+                for i in range(count):
+                    term = _term(xs[i], ys[i])
+                    total = add_any_order(total, term)
+                    magnitude = add_any_order(magnitude, abs(term))
+                if with_grad:
+                    # Over the block just read (in L1 now): with these stores inside the term
+                    # loop, streaming from memory ran 1.6× slower per element.
+                    for i in range(count):
+                        gs[i] = narrow(gs, coef * input_grad(widen(ys[i])))
+            exact_sum.add_float(state, total)
+            magnitude_total += magnitude
+        return magnitude_total
+
+    return bounded_kernel
 
 
-@njit(**_inline)
-def _fill_input_grad(y, coef, grad, count):
-    """grad = coef × d element/d x for probability targets over a block just read (in L1 now), for
-    ``_block_sums``: with these stores inside its term loop, streaming from memory ran 1.6× slower
-    per element."""
-    for i in range(count):
-        grad[i] = narrow(grad, coef * _input_grad(widen(y[i]), False))
-
-
-@njit(**_inline)
-def sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, state, buffer):
-    """One thread's share of a reduction: add the terms of elements ``lo:hi`` into ``state``,
-    ``BLOCK`` at a time through ``buffer`` (and, with ``with_grad``, write their input gradient
-    times ``coef`` into ``grad`` in the same pass)."""
-    for start in range(lo, hi, BLOCK):
-        stop = min(start + BLOCK, hi)
-        count = stop - start
-        if with_grad:
-            largest = _fill_terms_and_grad(
-                x[start:stop], y[start:stop], log_target, coef, grad[start:stop], buffer, count
-            )
+def _make_pointwise_kernel(log_target: bool) -> Callable:
+    def pointwise_kernel(x, y, out):
+        if log_target:
+            for i in range(x.size):
+                out[i] = narrow(out, _term_log_target(x[i], y[i]))
         else:
-            largest = _fill_terms(x[start:stop], y[start:stop], log_target, buffer, count)
-        exact_sum.add_terms_bounded(state, buffer, count, largest)
+            for i in range(x.size):
+                out[i] = narrow(out, _term(x[i], y[i]))
+
+    return pointwise_kernel
 
 
-@njit(**_jit)
-def _merged(states):
-    """One state holding the sum of every row of ``states`` (the threads' partial states)."""
-    total = states[0].copy()
-    for row in range(1, states.shape[0]):
-        exact_sum.merge(total, states[row])
-    return total
-
-
-@njit(parallel=True, **_jit)
-def _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
-    n = x.size
-    states = np.zeros((chunks, exact_sum.STATE_LEN), dtype=np.int64)
-    per_chunk = (n + chunks - 1) // chunks
-    for chunk in prange(chunks):
-        buffer = np.empty(BLOCK, dtype=np.float64)
-        lo = min(chunk * per_chunk, n)
-        hi = min(lo + per_chunk, n)
-        sum_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk], buffer)
-    return _merged(states)
-
-
-@njit(**_jit)
-def _sum_kernel_serial(x, y, log_target, coef, grad, with_grad):
-    state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
-    buffer = np.empty(BLOCK, dtype=np.float64)
-    sum_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state, buffer)
-    return state
-
-
-@njit(**_inline)
-def _block_sums(x, y, log_target, coef, grad, with_grad, count):
-    """(the float64 sum of a block's terms in any order, the same of their magnitudes), and the
-    fused gradient. One loop per case, so that each vectorises."""
-    total = 0.0
-    magnitude = 0.0
-    if log_target and with_grad:
-        # One loop: the term and the gradient share exp(y), which costs more than the stores
-        # (a separate gradient loop made this 1.8× slower).
-        for i in range(count):
-            term, grad_value = _term_and_input_grad_log_target(x[i], y[i], coef)
-            total = add_any_order(total, term)
-            magnitude = add_any_order(magnitude, abs(term))
-            grad[i] = narrow(grad, grad_value)
-        return total, magnitude
-    if log_target:
-        for i in range(count):
-            term = _term(x[i], y[i], True)
-            total = add_any_order(total, term)
-            magnitude = add_any_order(magnitude, abs(term))
-    else:
-        for i in range(count):
-            term = _term(x[i], y[i], False)
-            total = add_any_order(total, term)
-            magnitude = add_any_order(magnitude, abs(term))
-    if with_grad:
-        _fill_input_grad(y, coef, grad, count)
-    return total, magnitude
-
-
-@njit(**_jit)
-def _add_block_sum(state, total):
-    # A call, not inlined: add_float's early returns inside a prange body stop it running in
-    # parallel.
-    exact_sum.add_float(state, total)
-
-
-@njit(**_inline)
-def bounded_range(x, y, log_target, coef, grad, with_grad, lo, hi, state):
-    """One thread's share of the bounded fast path: add the float64 sum of each ``BLOCK`` of
-    elements ``lo:hi`` exactly into ``state`` and return the running total of their magnitude
-    sums (see :mod:`klflow.kernels.bounded_sum`)."""
-    magnitude_total = 0.0
-    for start in range(lo, hi, BLOCK):
-        stop = min(start + BLOCK, hi)
-        total, magnitude = _block_sums(
-            x[start:stop], y[start:stop], log_target, coef, grad[start:stop], with_grad, stop - start
-        )
-        _add_block_sum(state, total)
-        magnitude_total += magnitude
-    return magnitude_total
-
-
-@njit(parallel=True, **_jit)
-def _bounded_kernel_parallel(x, y, log_target, coef, grad, with_grad, chunks):
-    n = x.size
-    states = np.zeros((chunks, exact_sum.STATE_LEN), dtype=np.int64)
-    magnitudes = np.zeros(chunks)
-    per_chunk = (n + chunks - 1) // chunks
-    for chunk in prange(chunks):
-        lo = min(chunk * per_chunk, n)
-        hi = min(lo + per_chunk, n)
-        magnitudes[chunk] = bounded_range(x, y, log_target, coef, grad, with_grad, lo, hi, states[chunk])
-    return _merged(states), magnitudes.sum()
-
-
-@njit(**_jit)
-def _bounded_kernel_serial(x, y, log_target, coef, grad, with_grad):
-    state = np.zeros(exact_sum.STATE_LEN, dtype=np.int64)
-    magnitude_total = bounded_range(x, y, log_target, coef, grad, with_grad, 0, x.size, state)
-    return state, magnitude_total
-
-
-@njit(parallel=True, **_jit)
-def _pointwise_kernel(x, y, log_target, out):
-    if log_target:
-        for i in prange(x.size):
-            out[i] = narrow(out, _term(x[i], y[i], True))
-    else:
-        for i in prange(x.size):
-            out[i] = narrow(out, _term(x[i], y[i], False))
-
-
-@njit(parallel=True, **_jit)
-def _input_grad_kernel(y, upstream, coef, log_target, out):
-    # ``upstream`` has one element (a reduced loss) or as many as ``y`` (reduction='none').
-    if upstream.size == 1:
+def _make_input_grad_kernel(log_target: bool, per_element: bool) -> Callable:
+    def input_grad_kernel(y, upstream, coef, out):
+        # ``upstream`` is y-shaped (reduction='none') or holds one float64 (a reduced loss).
         scale = coef * widen(upstream[0])
-        for i in prange(y.size):
-            out[i] = narrow(out, scale * _input_grad(widen(y[i]), log_target))
-    else:
-        for i in prange(y.size):
-            out[i] = narrow(out, coef * widen(upstream[i]) * _input_grad(widen(y[i]), log_target))
+        if per_element and log_target:
+            for i in range(y.size):
+                grad = input_grad_log_target(exp64(widen(y[i])))
+                out[i] = narrow(out, coef * widen(upstream[i]) * grad)
+        elif per_element:
+            for i in range(y.size):
+                out[i] = narrow(out, coef * widen(upstream[i]) * input_grad(widen(y[i])))
+        elif log_target:
+            for i in range(y.size):
+                out[i] = narrow(out, scale * input_grad_log_target(exp64(widen(y[i]))))
+        else:
+            for i in range(y.size):
+                out[i] = narrow(out, scale * input_grad(widen(y[i])))
+
+    return input_grad_kernel
 
 
-@njit(parallel=True, **_jit)
-def _target_grad_kernel(x, y, upstream, coef, log_target, out):
-    if upstream.size == 1:
+def _make_target_grad_kernel(log_target: bool, per_element: bool) -> Callable:
+    def target_grad_kernel(x, y, upstream, coef, out):
         scale = coef * widen(upstream[0])
-        for i in prange(y.size):
-            out[i] = narrow(out, scale * _target_grad(widen(x[i]), widen(y[i]), log_target))
-    else:
-        for i in prange(y.size):
-            out[i] = narrow(
-                out, coef * widen(upstream[i]) * _target_grad(widen(x[i]), widen(y[i]), log_target)
-            )
+        if per_element and log_target:
+            for i in range(y.size):
+                wide_x, wide_y = widen(x[i]), widen(y[i])
+                grad = target_grad_log_target(wide_x, wide_y, exp64(wide_y))
+                out[i] = narrow(out, coef * widen(upstream[i]) * grad)
+        elif per_element:
+            for i in range(y.size):
+                grad = target_grad(widen(x[i]), log64(widen(y[i])))
+                out[i] = narrow(out, coef * widen(upstream[i]) * grad)
+        elif log_target:
+            for i in range(y.size):
+                wide_x, wide_y = widen(x[i]), widen(y[i])
+                out[i] = narrow(out, scale * target_grad_log_target(wide_x, wide_y, exp64(wide_y)))
+        else:
+            for i in range(y.size):
+                out[i] = narrow(out, scale * target_grad(widen(x[i]), log64(widen(y[i]))))
+
+    return target_grad_kernel
+
+
+def sum_kernel(log_target: bool, with_grad: bool) -> Any:
+    """The exact-path reduction kernel ``(x, y, coef, grad, state, buffer)`` for one case."""
+    return variant(_make_sum_kernel, log_target, with_grad)
+
+
+def bounded_kernel(log_target: bool, with_grad: bool) -> Any:
+    """The bounded-path kernel ``(x, y, coef, grad, state) -> magnitude_total`` for one case."""
+    return variant(_make_bounded_kernel, log_target, with_grad)
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    """Cut ``range(n)`` into the pieces the threads take in turn: one below ``SERIAL_BELOW``,
+    else one per thread at least and ``CHUNKS_PER_THREAD`` per thread at most, none smaller than
+    ``MIN_CHUNK``; every boundary but the last falls on a multiple of ``BLOCK``."""
+    threads = pool.thread_count()
+    if n < SERIAL_BELOW or threads == 1:
+        return [(0, n)]
+    count = min(threads * CHUNKS_PER_THREAD, max(threads, n // MIN_CHUNK))
+    step = -(-n // count)
+    step = -(-step // BLOCK) * BLOCK
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+def _over_chunks(n: int, call: Callable[[int, int], Any]) -> list:
+    """``call(lo, hi)`` for pieces of ``range(n)``, spread over the threads; their results."""
+    spans = _spans(n)
+    if len(spans) == 1:
+        return [call(0, n)]
+    results: list[Any] = [None] * len(spans)
+
+    def work(index: int) -> None:
+        results[index] = call(*spans[index])
+
+    pool.run(work, len(spans))
+    return results
 
 
 # ------------------------------------------------------------------ layout handling
@@ -382,14 +345,17 @@ def _staged(*arrays: np.ndarray) -> Iterator[tuple[tuple, list[np.ndarray]]]:
         yield index, [_kernel_view(np.ascontiguousarray(a[index])) for a in arrays]
 
 
-def _chunks_for(n: int) -> int:
-    return max(1, min(numba.get_num_threads() * 4, n // BLOCK))
-
-
 def _sum_flat(x, y, log_target, coef, grad, with_grad):
-    if x.size < SERIAL_BELOW:
-        return _sum_kernel_serial(x, y, log_target, coef, grad, with_grad)
-    return _sum_kernel_parallel(x, y, log_target, coef, grad, with_grad, _chunks_for(x.size))
+    """The exact-sum state of flat, contiguous inputs (and the fused gradient into ``grad``)."""
+    kernel = sum_kernel(log_target, with_grad)
+
+    def call(lo: int, hi: int) -> np.ndarray:
+        state = exact_sum.new_state()
+        kernel(x[lo:hi], y[lo:hi], coef, grad[lo:hi] if with_grad else grad, state, np.empty(BLOCK))
+        return state
+
+    states = _over_chunks(x.size, call)
+    return states[0] if len(states) == 1 else exact_sum.sum_states(states)
 
 
 # ------------------------------------------------------------------ launchers (the backend API)
@@ -418,44 +384,56 @@ def reduce_sum(
 
 def pointwise(x: np.ndarray, y: np.ndarray, log_target: bool) -> np.ndarray:
     """Every loss element (``reduction='none'``), in the inputs' dtype and shape."""
+    kernel = variant(_make_pointwise_kernel, log_target)
+
+    def run(xs: np.ndarray, ys: np.ndarray, out: np.ndarray) -> None:
+        _over_chunks(xs.size, lambda lo, hi: kernel(xs[lo:hi], ys[lo:hi], out[lo:hi]))
+
     if _same_memory_order(x, y):
         out = np.empty_like(x)  # keeps the inputs' memory order
         if x.size:
-            _pointwise_kernel(_kernel_view(x), _kernel_view(y), log_target, _kernel_view(out))
+            run(_kernel_view(x), _kernel_view(y), _kernel_view(out))
         return out
     out = np.empty(x.shape, dtype=x.dtype)
     for index, (xs, ys) in _staged(x, y):
         piece = np.empty_like(xs)
-        _pointwise_kernel(xs, ys, log_target, piece)
+        run(xs, ys, piece)
         out[index] = piece.view(out.dtype).reshape(out[index].shape)
     return out
 
 
 def _grad_launch(
-    kernel, inputs: list[np.ndarray], upstream: float | np.ndarray, coef: float, log_target: bool
+    make: Callable, inputs: list[np.ndarray], upstream: float | np.ndarray, coef: float, log_target: bool
 ) -> np.ndarray:
-    """Run a gradient kernel over ``inputs`` (x and/or y), shaped like the last of them.
-
-    ``upstream`` is one number (the gradient of a reduced loss) or an array shaped like the
-    inputs (``reduction='none'``); the kernel tells them apart by size.
-    """
+    """Run the gradient kernel that ``make`` builds over ``inputs`` (x and/or y), shaped like the
+    last of them. ``upstream`` is one number (the gradient of a reduced loss) or an array shaped
+    like the inputs (``reduction='none'``)."""
     like = inputs[-1]
     per_element = isinstance(upstream, np.ndarray) and upstream.ndim > 0
+    kernel = variant(make, log_target, per_element)
     if per_element:
         inputs = [*inputs, upstream]
-        single = None
-    else:
-        single = np.array([float(upstream)])
+    single = np.array([0.0 if per_element else float(upstream)])
+
+    def run(views: list[np.ndarray], out: np.ndarray) -> None:
+        def call(lo: int, hi: int) -> None:
+            pieces = [view[lo:hi] for view in views]
+            if per_element:
+                kernel(*pieces, coef, out[lo:hi])
+            else:
+                kernel(*pieces, single, coef, out[lo:hi])
+
+        _over_chunks(out.size, call)
+
     if _same_memory_order(*inputs):
         out = np.empty_like(like)
         if like.size:
-            views = [_kernel_view(a) for a in inputs]
-            kernel(*views, *([] if per_element else [single]), coef, log_target, _kernel_view(out))
+            run([_kernel_view(a) for a in inputs], _kernel_view(out))
         return out
     out = np.empty(like.shape, dtype=like.dtype)
     for index, views in _staged(*inputs):
         piece = np.empty(views[0].size, dtype=views[0].dtype)
-        kernel(*views, *([] if per_element else [single]), coef, log_target, piece)
+        run(views, piece)
         out[index] = piece.view(out.dtype).reshape(out[index].shape)
     return out
 
@@ -464,14 +442,31 @@ def input_grad_array(
     y: np.ndarray, upstream: float | np.ndarray, coef: float, log_target: bool
 ) -> np.ndarray:
     """d loss/d x = coef × upstream × d element/d x; ``upstream`` is one value or y-shaped."""
-    return _grad_launch(_input_grad_kernel, [y], upstream, coef, log_target)
+    return _grad_launch(_make_input_grad_kernel, [y], upstream, coef, log_target)
 
 
 def target_grad_array(
     x: np.ndarray, y: np.ndarray, upstream: float | np.ndarray, coef: float, log_target: bool
 ) -> np.ndarray:
     """d loss/d y = coef × upstream × d element/d y; ``upstream`` is one value or y-shaped."""
-    return _grad_launch(_target_grad_kernel, [x, y], upstream, coef, log_target)
+    return _grad_launch(_make_target_grad_kernel, [x, y], upstream, coef, log_target)
+
+
+_FORMATS = {  # precision bits, smallest and largest normal exponent
+    np.dtype(np.float64): (53, -1022, 1023),
+    np.dtype(np.float32): (24, -126, 127),
+    np.dtype(np.float16): (11, -14, 15),
+}
+_FLOAT64 = _FORMATS[np.dtype(np.float64)]
+
+
+def _divided(value: float, divisor: int, dtype: np.dtype) -> np.ndarray:
+    """``value / divisor`` in float64 (IEEE division, as NumPy's), then rounded to ``dtype``."""
+    if divisor == 0:  # an empty batch: 0/0 is NaN, and x/0 an infinity of x's sign
+        quotient = math.nan if value == 0 or math.isnan(value) else math.copysign(math.inf, value)
+    else:
+        quotient = value / float(divisor)
+    return np.array(quotient, dtype=dtype)
 
 
 def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
@@ -482,12 +477,8 @@ def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     if divisor == 1:
-        rounders = {np.float32: exact_sum.to_float32, np.float16: exact_sum.to_float16}
-        value = rounders.get(dtype.type, exact_sum.to_float64)(state)
-    else:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.float64(exact_sum.to_float64(state)) / np.float64(divisor)
-    return np.array(value, dtype=dtype)
+        return np.array(exact_sum.round_to_float(state, *_FORMATS[dtype]), dtype=dtype)
+    return _divided(exact_sum.round_to_float(state, *_FLOAT64), divisor, dtype)
 
 
 def bounded_value(
@@ -503,11 +494,19 @@ def bounded_value(
     bound = bounded_sum.error_bound(magnitude_total)
     if not math.isfinite(bound):  # a NaN or infinite term, or magnitudes beyond float64
         return None
-    low, high = state.copy(), state.copy()
-    exact_sum.add_float(low, -bound)
-    exact_sum.add_float(high, bound)
-    low_value, high_value = finish(low, divisor, dtype), finish(high, divisor, dtype)
-    return low_value if low_value.tobytes() == high_value.tobytes() else None
+    dtype = np.dtype(dtype)
+    if state[exact_sum.NAN_COUNT] or state[exact_sum.POS_INF_COUNT] or state[exact_sum.NEG_INF_COUNT]:
+        # NaN or infinite terms decide, whatever the error
+        return finish(state, divisor, dtype)
+    center, width = exact_sum.exact_value(state), exact_sum.units(bound)
+    ends = []
+    for value in (center - width, center + width):
+        if divisor == 1:
+            ends.append(np.array(exact_sum.round_value(value, *_FORMATS[dtype]), dtype=dtype))
+        else:
+            ends.append(_divided(exact_sum.round_value(value, *_FLOAT64), divisor, dtype))
+    low, high = ends
+    return low if low.tobytes() == high.tobytes() else None
 
 
 @dataclass(frozen=True)
@@ -528,11 +527,19 @@ def _bounded_reduce(
     with_grad = grad_coef is not None
     coef = float(grad_coef) if with_grad else 0.0
     grad = np.empty_like(x) if with_grad else np.empty(0, dtype=x.dtype)
-    views = _kernel_view(x), _kernel_view(y), log_target, coef, _kernel_view(grad), with_grad
-    if x.size < SERIAL_BELOW:
-        state, magnitude_total = _bounded_kernel_serial(*views)
+    xv, yv, gv = _kernel_view(x), _kernel_view(y), _kernel_view(grad)
+    kernel = bounded_kernel(log_target, with_grad)
+
+    def call(lo: int, hi: int) -> tuple[np.ndarray, float]:
+        state = exact_sum.new_state()
+        return state, kernel(xv[lo:hi], yv[lo:hi], coef, gv[lo:hi] if with_grad else gv, state)
+
+    parts = _over_chunks(xv.size, call)
+    if len(parts) == 1:
+        state, magnitude_total = parts[0]
     else:
-        state, magnitude_total = _bounded_kernel_parallel(*views, _chunks_for(x.size))
+        state = exact_sum.sum_states([part[0] for part in parts])
+        magnitude_total = sum(part[1] for part in parts)
     return BoundedSum(state, float(magnitude_total)), grad if with_grad else None
 
 

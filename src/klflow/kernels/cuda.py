@@ -173,7 +173,7 @@ target_grad = _device(formula.target_grad)
 target_grad_log_target = _device(formula.target_grad_log_target)
 float_parts = _device(exact_sum.float_parts)
 scaled_int_digits = _device(exact_sum.scaled_int_digits)
-normalize_digits = _device(exact_sum.normalize.py_func)
+normalize_digits = _device(exact_sum.normalize_digits)
 
 
 # ------------------------------------------------------------------ elements (cpu._term's steps)

@@ -45,16 +45,25 @@ Bounds
   ``1024 * (2**53 - 1) < 2**63``. There is therefore no limit on ``count``; blocks of 1024 to 4096
   terms keep the buffer in the L1 cache.
 
-No function here may be compiled with ``fastmath``: it would let LLVM reassociate or drop the
-error-free steps that make the sum exact.
+Kernels and host
+----------------
+The functions that kernels call (``add_terms``, ``add_terms_bounded``, ``add_scaled_int``,
+``add_float``) are compiled; no function here may be compiled with ``fastmath``: it would let LLVM
+reassociate or drop the error-free steps that make the sum exact. What runs once per reduction on
+a finished state (``round_to_float`` and the ``to_float*`` roundings, ``normalize``, ``merge``,
+``sum_states``, and ``add_float`` called from Python) is Python integer arithmetic on the value
+the digits hold: exact as well, and nothing to compile before the first result.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit
+from numba.extending import overload
 
 from klflow.kernels.bits import f64_as_i64, i64_as_f64
+from klflow.kernels.jit import inlinable, jit
 
 NDIGITS = 80
 LOW_EXPONENT = -1280
@@ -84,7 +93,7 @@ def new_state() -> np.ndarray:
     return np.zeros(STATE_LEN, dtype=np.int64)
 
 
-@njit(cache=True)
+@inlinable
 def _carry_from(state: np.ndarray, start: int) -> None:
     """Push carries up from digit ``start`` until the digits above ``start + 2`` are within limits."""
     for k in range(start, NDIGITS - 1):
@@ -101,7 +110,8 @@ def scaled_int_digits(value: int, exponent: int) -> tuple[int, int, int, int]:
     Each part is below ``2**32`` in magnitude (``low`` and ``middle`` are non-negative).
 
     Arguments as for :func:`add_scaled_int`, which does not check them here. Plain Python, so the
-    CUDA kernels compile the same source (their digits take the parts with integer atomics).
+    CPU and the CUDA kernels compile the same source (the GPU's digits take the parts with integer
+    atomics).
 
     >>> scaled_int_digits(5, LOW_EXPONENT + 32)
     (1, 5, 0, 0)
@@ -142,11 +152,20 @@ def float_parts(bits: int) -> tuple[int, int, int]:
     return -1, (-significand if bits < 0 else significand), exponent
 
 
-_scaled_int_digits = njit(inline="always", cache=True)(scaled_int_digits)
-_float_parts = njit(inline="always", cache=True)(float_parts)
+def normalize_digits(state: np.ndarray) -> None:
+    """:func:`normalize` as a loop over the int64 digits, for device code (plain Python that the
+    CUDA kernels compile; the host uses the Python-integer :func:`normalize`)."""
+    for k in range(NDIGITS - 1):
+        carry = state[k] >> DIGIT_BITS  # arithmetic shift: floor division, so the rest is >= 0
+        state[k] -= carry << DIGIT_BITS
+        state[k + 1] += carry
 
 
-@njit(inline="always", cache=True)
+_scaled_int_digits = jit(inline="always")(scaled_int_digits)
+_float_parts = jit(inline="always")(float_parts)
+
+
+@jit
 def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
     """Add ``value * 2**exponent`` exactly.
 
@@ -160,6 +179,13 @@ def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
     """
     if exponent < MIN_SCALE_EXPONENT or exponent > MAX_SCALE_EXPONENT:
         raise ValueError("add_scaled_int: exponent out of range")
+    _add_scaled(state, value, exponent)
+
+
+@jit(inline="always")
+def _add_scaled(state: np.ndarray, value: int, exponent: int) -> None:
+    """:func:`add_scaled_int` for kernels, whose exponents lie in range by construction (the
+    check and its exception cost compile time in every kernel)."""
     k, low, middle, high = _scaled_int_digits(value, exponent)
     d0 = state[k] + low
     d1 = state[k + 1] + middle
@@ -172,9 +198,9 @@ def add_scaled_int(state: np.ndarray, value: int, exponent: int) -> None:
         _carry_from(state, k)
 
 
-@njit(inline="always", cache=True)
 def add_float(state: np.ndarray, x: float) -> None:
-    """Add one double exactly; NaN and infinities go to their counters.
+    """Add one double exactly; NaN and infinities go to their counters. Compiled code calls the
+    same name (numba uses :func:`_add_float_compiled`); from Python it is integer arithmetic.
 
     >>> state = new_state()
     >>> for x in (0.1, 0.2, -0.3):
@@ -182,17 +208,31 @@ def add_float(state: np.ndarray, x: float) -> None:
     >>> to_float64(state)  # the exact sum of the three doubles, rounded once
     2.7755575615628914e-17
     """
+    x = float(x)  # float32 and integer arguments widen exactly
+    if math.isnan(x):
+        state[NAN_COUNT] += 1
+    elif math.isinf(x):
+        state[NEG_INF_COUNT if x < 0 else POS_INF_COUNT] += 1
+    elif x != 0.0:
+        _set_value(state, exact_value(state) + units(x))
+
+
+def _add_float_compiled(state, x):
     # float32 and integer arguments widen exactly
     special, significand, exponent = _float_parts(f64_as_i64(np.float64(x)))
     if special >= 0:
         state[special] += 1
     elif significand != 0:
-        add_scaled_int(state, significand, exponent)
+        _add_scaled(state, significand, exponent)
 
 
-@njit(cache=True)
+@overload(add_float)
+def _add_float_overload(state, x):
+    return _add_float_compiled
+
+
 def merge(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst += src``: digits and special counters; ``src`` is unchanged.
+    """``dst += src``: digits and special counters; ``src`` is unchanged. ``dst`` ends normalized.
 
     The value is what a digitwise integer sum (an MPI ``SUM`` all-reduce) of the arrays holds.
 
@@ -202,18 +242,10 @@ def merge(dst: np.ndarray, src: np.ndarray) -> None:
     >>> to_float64(a)
     1.25
     """
-    for k in range(STATE_LEN):
-        dst[k] += src[k]
-    # Both inputs keep their digits below CARRY_LIMIT, so the sums are below 2 * CARRY_LIMIT.
-    for k in range(NDIGITS - 1):
-        digit = dst[k]
-        if digit >= CARRY_LIMIT or digit <= -CARRY_LIMIT:
-            carry = digit >> DIGIT_BITS
-            dst[k] = digit - (carry << DIGIT_BITS)
-            dst[k + 1] += carry
+    dst[NDIGITS:] += src[NDIGITS:]
+    _set_value(dst, exact_value(dst) + exact_value(src))
 
 
-@njit(cache=True)
 def normalize(state: np.ndarray) -> None:
     """Propagate carries: every digit but the top one ends in ``[0, 2**32)``; the value is unchanged.
 
@@ -225,66 +257,62 @@ def normalize(state: np.ndarray) -> None:
     >>> int(state[NDIGITS - 1]), int(state[:NDIGITS - 1].min()) >= 0
     (-1, True)
     """
-    for k in range(NDIGITS - 1):
-        carry = state[k] >> DIGIT_BITS  # arithmetic shift: floor division, so the rest is >= 0
-        state[k] -= carry << DIGIT_BITS
-        state[k + 1] += carry
+    _set_value(state, exact_value(state))
 
 
-@njit(inline="always", cache=True)
-def _bit_length(value: int) -> int:
-    """Number of bits of a non-negative int64."""
-    length = 0
-    while value >> length:
-        length += 1
-    return length
+def sum_states(states: list[np.ndarray]) -> np.ndarray:
+    """A new normalized state holding the sum of ``states`` (at most ``2**16`` raw states).
 
-
-@njit(cache=True)
-def _bits_window(digits: np.ndarray, lowest: int, width: int) -> int:
-    """The integer formed by the bits of weights ``2**lowest .. 2**(lowest + width - 1)``.
-
-    ``digits`` are normalized and non-negative; ``width <= 62``.
+    >>> a, b = new_state(), new_state()
+    >>> add_float(a, 2.0); add_float(b, 0.5)
+    >>> to_float64(sum_states([a, b]))
+    2.5
     """
-    result = np.int64(0)
-    for k in range(NDIGITS):
-        digit = digits[k]
-        if digit == 0:
-            continue
-        relative = LOW_EXPONENT + DIGIT_BITS * k - lowest  # position of the digit's bit 0
-        if relative >= width or relative + DIGIT_BITS <= 0:
-            continue
-        if relative >= 0:
-            kept = min(DIGIT_BITS, width - relative)
-            result |= (digit & ((np.int64(1) << kept) - 1)) << relative
-        else:
-            result |= (digit >> -relative) & ((np.int64(1) << width) - 1)
-    return result & ((np.int64(1) << width) - 1)
+    total = np.sum(states, axis=0, dtype=np.int64) if len(states) > 1 else states[0].copy()
+    normalize(total)
+    return total
 
 
-@njit(cache=True)
-def _any_bit_below(digits: np.ndarray, position: int) -> bool:
-    """Whether any bit of weight below ``2**position`` is set (normalized, non-negative digits)."""
-    for k in range(NDIGITS):
-        base = LOW_EXPONENT + DIGIT_BITS * k
-        if base >= position:
-            return False
-        digit = digits[k]
-        if base + DIGIT_BITS <= position:
-            if digit != 0:
-                return True
-        elif digit & ((np.int64(1) << (position - base)) - 1):
-            return True
-    return False
+# ------------------------------------------------------------------ the value as a Python integer
+_WORDS_BELOW_TOP = NDIGITS - 1
+_BELOW_TOP_MASK = (1 << (DIGIT_BITS * _WORDS_BELOW_TOP)) - 1
 
 
-@njit(inline="always", cache=True)
+def exact_value(state: np.ndarray) -> int:
+    """The integer ``N`` with ``N * 2**LOW_EXPONENT`` the value the digits hold (any int64 digits).
+
+    >>> state = new_state()
+    >>> add_float(state, -0.75)
+    >>> exact_value(state) == -3 * 2**(-2 - LOW_EXPONENT)
+    True
+    """
+    digits = state[:NDIGITS]
+    nonzero = np.flatnonzero(digits)  # a sum spans a few digits: add only those
+    value = 0
+    for k, digit in zip(nonzero.tolist(), digits[nonzero].tolist(), strict=True):
+        value += digit << (DIGIT_BITS * k)
+    return value
+
+
+def _set_value(state: np.ndarray, value: int) -> None:
+    """Write ``value * 2**LOW_EXPONENT`` into the digits, normalized (counters untouched)."""
+    below_top = (value & _BELOW_TOP_MASK).to_bytes(4 * _WORDS_BELOW_TOP, "little")
+    state[:_WORDS_BELOW_TOP] = np.frombuffer(below_top, dtype="<u4")
+    state[_WORDS_BELOW_TOP] = value >> (DIGIT_BITS * _WORDS_BELOW_TOP)
+
+
+def units(x: float) -> int:
+    """The integer ``N`` with ``N * 2**LOW_EXPONENT == x`` for a finite double ``x``."""
+    numerator, denominator = x.as_integer_ratio()  # the denominator is a power of two
+    return numerator << (-LOW_EXPONENT - (denominator.bit_length() - 1))
+
+
+@jit(inline="always")
 def _pow2(exponent: int) -> float:
     """``2.0**exponent`` for a normal exponent in ``[-1022, 1023]``."""
     return i64_as_f64((exponent + 1023) << 52)
 
 
-@njit(cache=True)
 def round_to_float(state: np.ndarray, precision_bits: int, min_exponent: int, max_exponent: int) -> float:
     """The state's exact sum rounded to nearest-even in a binary floating format.
 
@@ -304,50 +332,43 @@ def round_to_float(state: np.ndarray, precision_bits: int, min_exponent: int, ma
     if not (2 <= precision_bits <= 53 and min_exponent <= max_exponent and fits_float64):
         raise ValueError("round_to_float: the format's values must all be float64 values")
     if state[NAN_COUNT] > 0 or (state[POS_INF_COUNT] > 0 and state[NEG_INF_COUNT] > 0):
-        return np.nan
+        return math.nan
     if state[POS_INF_COUNT] > 0:
-        return np.inf
+        return math.inf
     if state[NEG_INF_COUNT] > 0:
-        return -np.inf
+        return -math.inf
+    return round_value(exact_value(state), precision_bits, min_exponent, max_exponent)
 
-    digits = state[:NDIGITS].copy()
-    normalize(digits)
-    negative = digits[NDIGITS - 1] < 0
-    if negative:  # work on the magnitude
-        for k in range(NDIGITS):
-            digits[k] = -digits[k]
-        normalize(digits)
 
-    top = NDIGITS - 1
-    while top >= 0 and digits[top] == 0:
-        top -= 1
-    if top < 0:
+def round_value(value: int, precision_bits: int, min_exponent: int, max_exponent: int) -> float:
+    """``value * 2**LOW_EXPONENT`` rounded to nearest-even in the format of
+    :func:`round_to_float` (whose checks it skips); 0 gives ``+0.0``.
+
+    >>> round_value(3 << (-LOW_EXPONENT - 2), 53, -1022, 1023)
+    0.75
+    """
+    if value == 0:
         return 0.0
-    if digits[top] >> DIGIT_BITS:  # only the top digit can be this wide: far beyond any format
-        return -np.inf if negative else np.inf
+    negative = value < 0
+    magnitude = -value if negative else value
     # The magnitude lies in [2**leading, 2**(leading + 1)).
-    leading = LOW_EXPONENT + DIGIT_BITS * top + _bit_length(digits[top]) - 1
+    leading = LOW_EXPONENT + magnitude.bit_length() - 1
     if leading > max_exponent:
-        return -np.inf if negative else np.inf
-
+        return -math.inf if negative else math.inf
     # Weight of the last kept bit: p bits below the leading one, never finer than the subnormal step.
     lowest = max(leading, min_exponent) - precision_bits + 1
-    significand = _bits_window(digits, lowest, precision_bits)
-    round_bit = _bits_window(digits, lowest - 1, 1)
-    if round_bit and (significand & 1 or _any_bit_below(digits, lowest - 1)):
+    dropped = lowest - LOW_EXPONENT  # > 0: every format's last bit lies above 2**LOW_EXPONENT
+    significand = magnitude >> dropped
+    rest = magnitude - (significand << dropped)
+    half = 1 << (dropped - 1)
+    if rest > half or (rest == half and significand & 1):
         significand += 1
         if significand >> precision_bits and lowest + precision_bits > max_exponent:
-            return -np.inf if negative else np.inf
-
-    # significand * 2**lowest is a double; split the scaling so each factor is a normal power of two.
-    if lowest >= -1022:
-        magnitude = np.float64(significand) * _pow2(lowest)
-    else:
-        magnitude = (np.float64(significand) * _pow2(lowest + 64)) * _pow2(-64)
-    return -magnitude if negative else magnitude
+            return -math.inf if negative else math.inf
+    rounded = math.ldexp(float(significand), lowest)  # exact: a double of at most 54 bits
+    return -rounded if negative else rounded
 
 
-@njit(cache=True)
 def to_float64(state: np.ndarray) -> float:
     """The exact sum correctly rounded to float64.
 
@@ -359,7 +380,6 @@ def to_float64(state: np.ndarray) -> float:
     return round_to_float(state, 53, -1022, 1023)
 
 
-@njit(cache=True)
 def to_float32(state: np.ndarray) -> float:
     """The exact sum correctly rounded to float32 (returned as the float64 holding that value).
 
@@ -371,7 +391,6 @@ def to_float32(state: np.ndarray) -> float:
     return round_to_float(state, 24, -126, 127)
 
 
-@njit(cache=True)
 def to_float16(state: np.ndarray) -> float:
     """The exact sum correctly rounded to float16 (returned as the float64 holding that value).
 
@@ -383,7 +402,7 @@ def to_float16(state: np.ndarray) -> float:
     return round_to_float(state, 11, -14, 15)
 
 
-@njit(cache=True)
+@jit
 def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     """Add the exact sum of ``buf[0:count]`` (float64) to the state; ``buf`` is used as scratch.
 
@@ -410,7 +429,7 @@ def add_terms(state: np.ndarray, buf: np.ndarray, count: int) -> None:
     add_terms_bounded(state, buf, count, largest)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _grid_exponent(largest: int) -> int:
     """The exponent of the coarsest grid on which every term splits with an integer below 2**53.
 
@@ -420,13 +439,12 @@ def _grid_exponent(largest: int) -> int:
     return max((largest >> 52) - 1075, -1074)
 
 
-@njit(cache=True)
+@inlinable
 def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: int) -> None:
     """:func:`add_terms` for a caller that already knows ``largest``, the maximum of
     ``f64_as_i64(t) & 0x7FFF_FFFF_FFFF_FFFF`` over the terms (computed while producing them,
-    it saves a pass over the buffer)."""
-    if count > buf.size:
-        raise ValueError("add_terms: count exceeds the buffer")
+    it saves a pass over the buffer). ``count`` must not exceed ``buf.size`` (not checked here:
+    kernels pass their own buffer)."""
     if largest >= _EXPONENT_ALL_ONES:
         for i in range(count):
             add_float(state, buf[i])
@@ -444,7 +462,7 @@ def add_terms_bounded(state: np.ndarray, buf: np.ndarray, count: int, largest: i
             _add_levels(state, chunk, chunk.size, largest)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _add_two_levels(state: np.ndarray, chunk: np.ndarray, grid_exponent: int) -> bool:
     """The usual case in one read-only pass: add the chunk's exact sum and return True if every
     term is a multiple of the second grid, ``2**(grid_exponent - 53)``; else add nothing, return
@@ -471,12 +489,12 @@ def _add_two_levels(state: np.ndarray, chunk: np.ndarray, grid_exponent: int) ->
         leftover |= f64_as_i64(remainder - np.float64(second) * second_grid) & _ABS_MASK
     if leftover != 0:
         return False
-    add_scaled_int(state, first_sum, grid_exponent)
-    add_scaled_int(state, second_sum, grid_exponent - 53)
+    _add_scaled(state, first_sum, grid_exponent)
+    _add_scaled(state, second_sum, grid_exponent - 53)
     return True
 
 
-@njit(cache=True)
+@inlinable
 def _add_levels(state: np.ndarray, buf: np.ndarray, count: int, largest: int) -> None:
     """The general splitting loop of :func:`add_terms` for finite terms with ``|t|`` at most the
     double whose bits are ``largest`` (a bound, not necessarily attained); ``buf[0:count]`` ends
@@ -516,4 +534,4 @@ def _add_levels(state: np.ndarray, buf: np.ndarray, count: int, largest: int) ->
                     remainder = term - np.float64(quotient) * grid
                     chunk[i] = remainder
                     largest = max(largest, f64_as_i64(remainder) & _ABS_MASK)
-            add_scaled_int(state, partial, grid_exponent)
+            _add_scaled(state, partial, grid_exponent)

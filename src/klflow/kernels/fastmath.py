@@ -38,10 +38,11 @@ from types import FunctionType, SimpleNamespace
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from klflow.kernels.bits import f32_as_i32, f64_as_i64, i32_as_f32, i64_as_f64
+from klflow.kernels.jit import inlinable, jit
 
 __all__ = ["compiled_for", "exp32", "exp64", "log32", "log64", "log64_normal", "log64_positive"]
 
@@ -51,11 +52,12 @@ _FLOAT_TYPES = {types.float32: ir.FloatType(), types.float64: ir.DoubleType()}
 
 @intrinsic
 def _mul_add(typingctx, a, b, c):
-    """``a * b + c`` as ``llvm.fmuladd``: one FMA instruction where the CPU has it.
+    """``a * b + c`` rounded once, as ``llvm.fma``: one FMA instruction where the CPU has it, the
+    C library's exact ``fma`` where it does not, and ``cuda.fma`` on the GPU, so that every
+    target computes the same bits (``llvm.fmuladd`` would fuse or not by CPU).
 
     Numba never contracts ``a * b + c`` by itself (that needs ``fastmath``, which would also
-    break the special-value handling). The one-ulp bounds hold fused or not; the measured
-    maxima quoted below are with FMA (unfused, log64 reaches 0.86 ulp).
+    break the special-value handling): the fused steps are exactly the ones written so.
     """
     if a not in _FLOAT_TYPES or not a == b == c:
         return None
@@ -63,8 +65,8 @@ def _mul_add(typingctx, a, b, c):
 
     def codegen(context, builder, signature, args):
         signature_type = ir.FunctionType(llvm_type, [llvm_type] * 3)
-        fmuladd = builder.module.declare_intrinsic("llvm.fma", [llvm_type], signature_type)
-        return builder.call(fmuladd, args)
+        fma = builder.module.declare_intrinsic("llvm.fma", [llvm_type], signature_type)
+        return builder.call(fma, args)
 
     return a(a, a, a), codegen
 
@@ -118,7 +120,7 @@ _LG6 = 1.531383769920937332e-01
 _LG7 = 1.479819860511658591e-01
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def _log_reduced(x: float, exponent_offset: float) -> float:
     """log(x) - exponent_offset * ln 2 for a positive normal double x (no special values)."""
     # x = 2**k * m with m in [sqrt(1/2), sqrt(2)): offsetting the bits makes the exponent field
@@ -148,7 +150,7 @@ def _log_reduced(x: float, exponent_offset: float) -> float:
     return _mul_add(dk, _LN2_HI, f + correction)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64_normal(x: float) -> float:
     """``log64`` for a positive, finite, normal double, such as any float32 or float16 above zero
     widened to float64; other inputs give an unspecified finite value.
@@ -159,7 +161,7 @@ def log64_normal(x: float) -> float:
     return _log_reduced(x, 0.0)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64_positive(x: float) -> float:
     """``log64`` for a positive, finite double, subnormals included; other inputs give an
     unspecified finite value. Same accuracy as ``log64``."""
@@ -170,7 +172,7 @@ def log64_positive(x: float) -> float:
     return _log_reduced(scaled, offset)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def log64(x: float) -> float:
     """Natural logarithm of a float64; branch-free so that loops calling it vectorise.
 
@@ -209,7 +211,7 @@ _EXP_C9 = 2.510894265902683e-08
 _EXP_C10 = 2.0914221467010214e-09
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def exp64(x: float) -> float:
     """e**x for a float64; branch-free so that loops calling it vectorise.
 
@@ -251,7 +253,10 @@ def exp64(x: float) -> float:
     biased = f64_as_i64(shifted)
     first_bits = (biased >> 1) << _MANTISSA_BITS
     second_bits = (biased << _MANTISSA_BITS) - first_bits
-    return mantissa * i64_as_f64(first_bits) * i64_as_f64(second_bits)
+    result = mantissa * i64_as_f64(first_bits) * i64_as_f64(second_bits)
+    # A NaN argument comes back as itself: through the fused steps its sign and payload would
+    # depend on the FMA (an instruction, or the C library's where the CPU has none).
+    return result if x == x else x
 
 
 # --- the float64 source for other targets -------------------------------------------------------
@@ -279,7 +284,7 @@ def compiled_for(
     namespace.update(_mul_add=mul_add, _divide=divide, f64_as_i64=f64_as_i64, i64_as_f64=i64_as_f64)
     compiled = {}
     for dispatcher in _FLOAT64_FUNCTIONS:
-        source = dispatcher.py_func
+        source = getattr(dispatcher, "py_func", None) or dispatcher.__wrapped__  # jit or inlinable
         clone = FunctionType(source.__code__, namespace, source.__name__, source.__defaults__)
         clone.__qualname__, clone.__doc__ = source.__qualname__, source.__doc__
         namespace[source.__name__] = compiled[source.__name__] = decorate(clone)
@@ -319,7 +324,7 @@ _F32_LG2 = np.float32(0.3997706472873688)
 _F32_LG3 = np.float32(0.2988561689853668)
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def log32(x: np.float32) -> np.float32:
     """Natural logarithm of a float32; same method as ``log64``.
 
@@ -362,7 +367,7 @@ _F32_EXP_C3 = np.float32(0.008368715643882751)
 _F32_EXP_C4 = np.float32(0.0013814602280035615)
 
 
-@njit(inline="always", cache=True)
+@inlinable
 def exp32(x: np.float32) -> np.float32:
     """e**x for a float32; same method as ``exp64``.
 
