@@ -30,38 +30,20 @@ def version_of(package: str) -> str:
         return "not installed"
 
 
-# ----------------------------------------------------------------- numba's kernel cache
-def _cached_kernels() -> list:
-    """klflow's CPU kernels that numba compiles on their own (not the inlined helpers)."""
-    from numba.core.dispatcher import Dispatcher
+# ----------------------------------------------------------------- the kernel cache
+def kernel_cache() -> tuple[Path | None, int]:
+    """(the folder holding klflow's compiled CPU kernels for the code this process loaded, how
+    many compiled kernels it holds); (None, 0) where nothing is cached.
 
-    from klflow.kernels import cpu
-
-    return [
-        kernel
-        for kernel in vars(cpu).values()
-        if isinstance(kernel, Dispatcher) and kernel.targetoptions.get("inline", "never") == "never"
-    ]
-
-
-def _index_file(kernel) -> Path | None:
-    try:
-        return Path(kernel._cache._cache_file._index_path)
-    except AttributeError:  # no cache for this kernel, or a numba that keeps it elsewhere
-        return None
-
-
-def kernel_cache() -> tuple[Path | None, int, int]:
-    """(the folder numba caches klflow's CPU kernels in, how many of them it holds, how many there are).
-
-    None cached is the check job's signal for "compiling now": a fresh machine, a new
-    ``NUMBA_CACHE_DIR``, or kernel sources edited since (their stale cache is dropped).
+    An empty folder is the check job's signal for "compiling now": a fresh machine, a new
+    ``NUMBA_CACHE_DIR``, or kernel sources edited since (edited code gets a folder of its own).
     """
-    indexes = [_index_file(kernel) for kernel in _cached_kernels()]
-    known = [index for index in indexes if index is not None]
-    if not known:
-        return None, 0, len(indexes)
-    return known[0].parent, sum(index.exists() for index in known), len(indexes)
+    from klflow.kernels import cache
+
+    folder = cache.cache_folder(cache.PACKAGE + ".cpu")
+    if folder is None:
+        return None, 0
+    return folder, sum(1 for entry in folder.iterdir() if entry.name.endswith(cache.ENTRY_SUFFIX))
 
 
 def kernels_need_compiling() -> bool:
@@ -150,11 +132,11 @@ def collect() -> dict[str, str]:
     report.update(_mpi())
     report.update(_threading())
     report.update(_cuda())
-    folder, cached, total = kernel_cache()
+    folder, cached = kernel_cache()
     report["kernel cache"] = (
-        f"{folder} ({cached} of {total} CPU kernels cached; the others compile on first use)"
+        f"{folder} ({cached} compiled CPU kernels cached for this code; others compile on first use)"
         if folder is not None
-        else "none (numba does not cache klflow's kernels here)"
+        else "none (no writable place: kernels compile in every process)"
     )
     report["NUMBA_CACHE_DIR"] = os.environ.get("NUMBA_CACHE_DIR", "(unset)")
     return report

@@ -19,7 +19,7 @@ def test_the_job_passes_and_prints_a_table():
     out, progress = io.StringIO(), io.StringIO()
     assert job.run(_small(), out, progress) == 0
     text = out.getvalue()
-    assert "dtype" in text.splitlines()[1] and "same bits" in text
+    assert any(line.startswith("dtype") and "same bits" in line for line in text.splitlines())
     cases = len(job.cases(_small()))
     assert f"{cases}/{cases} cases passed" in text
 

@@ -204,7 +204,8 @@ def prepare_kernels(cfg: CheckConfig) -> None:
             flow.from_numpy(x), flow.from_numpy(y), reduction=reduction, log_target=log_target
         )
     if size > 1:  # every rank waits until all shares are compiled (an all-gather)
-        spread(np.zeros(size), "split(0)", False).to_global(sbp=flow.sbp.broadcast).numpy()
+        every = flow.from_numpy(np.zeros(1)).to_global(flow.placement.all("cpu"), flow.sbp.split(0))
+        every.to_global(sbp=flow.sbp.broadcast).numpy()
 
 
 def _short(sbp_name: str) -> str:

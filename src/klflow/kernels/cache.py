@@ -54,7 +54,7 @@ PACKAGE = "klflow.kernels"
 # holds state that changes as kernels are built): left out of the content key.
 _MACHINERY = {f"{PACKAGE}.cache", f"{PACKAGE}.jit", f"{PACKAGE}.pool"}
 FOLDER_NAME = "klflow-kernels"
-_ENTRY_SUFFIX = ".nbk"
+ENTRY_SUFFIX = ".nbk"
 
 # ------------------------------------------------------------------ the content key
 
@@ -288,7 +288,7 @@ _KEY_LENGTH = 20
 
 def _is_entry_name(name: str) -> bool:
     """A file klflow writes in a kernel folder: an entry, or a temporary one being written."""
-    return name.endswith(_ENTRY_SUFFIX) or (name.startswith(".") and name.endswith(".tmp"))
+    return name.endswith(ENTRY_SUFFIX) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _prune_older_folders(base: Path, keep: Path) -> None:
@@ -383,7 +383,7 @@ class KernelCache(_Cache):
             return None
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         short = self._name.removeprefix(PACKAGE + ".").replace("<locals>.", "").replace("<", "")
-        return folder / f"{short}-{digest}{_ENTRY_SUFFIX}"
+        return folder / f"{short}-{digest}{ENTRY_SUFFIX}"
 
     def load_overload(self, sig: Any, target_context: Any) -> Any:
         if not self._enabled:
