@@ -260,7 +260,7 @@ def test_property_float32_sums_are_correctly_rounded(values, reduction):
 def test_an_unread_loss_releases_its_inputs_once_a_later_reduction_runs():
     x, y = case_data("random", np.float32, False, 40, seed=6)
     xd, yd = flow.cuda._cuda().to_device(x), flow.cuda._cuda().to_device(y)
-    value, partial, _ = kernels.reduce(xd, yd, False, 1, exact_state_needed=False)
+    value, partial, _ = kernels.reduce(xd, yd, False, 1)
     alive = weakref.ref(xd)
     del xd
     gc.collect()

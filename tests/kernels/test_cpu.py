@@ -30,7 +30,8 @@ from reference import (
     exact_sum as reference_sum,
 )
 
-from klflow.kernels import cpu, exact_sum, pool
+from klflow.kernels import cpu, exact_sum, pool, rounding
+from klflow.kernels.bounded_sum import BoundedSum
 
 DTYPES = [np.float16, np.float32, np.float64]
 DTYPE_IDS = ["f16", "f32", "f64"]
@@ -291,10 +292,14 @@ def round_to_float32(value: Fraction) -> np.float32:
     return min(finite, key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(np.uint32)) & 1))
 
 
+def exact_reduce(x, y, log_target, divisor=1, coef=None):
+    """(value, exact state, fused gradient) with every term added exactly: the reference path."""
+    state, grad = cpu.reduce_sum(x, y, log_target, coef)
+    return rounding.finish(state, divisor, x.dtype), state, grad
+
+
 def fast_and_exact(x, y, log_target, divisor=1, coef=None):
-    return cpu.reduce(x, y, log_target, divisor, coef, exact_state_needed=False), cpu.reduce(
-        x, y, log_target, divisor, coef
-    )
+    return cpu.reduce(x, y, log_target, divisor, coef), exact_reduce(x, y, log_target, divisor, coef)
 
 
 def test_round_to_float32_helper_ties_to_even():
@@ -337,18 +342,18 @@ def test_reduce_fast_path_gives_the_exact_paths_bits(n, divisor, with_grad, log_
 
 def test_reduce_fast_path_returns_its_partial_when_it_proves_the_value():
     x, y = make_pair((50_000,), np.float32, False, 80)
-    value, partial, _ = cpu.reduce(x, y, False, 1, exact_state_needed=False)
-    assert isinstance(partial, cpu.BoundedSum) and value.dtype == np.float32
+    value, partial, _ = cpu.reduce(x, y, False, 1)
+    assert isinstance(partial, BoundedSum) and value.dtype == np.float32
     # Its parts give the value again, and the exact state rounds to the same bits.
-    again = cpu.bounded_value(partial.state, partial.magnitude_total, 1, np.float32)
+    again = rounding.bounded_value(partial.state, partial.magnitude_total, 1, np.float32)
     assert again.tobytes() == value.tobytes()
     exact_state, _ = cpu.reduce_sum(x, y, False)
-    assert cpu.finish(exact_state, 1, np.float32).tobytes() == value.tobytes()
+    assert rounding.finish(exact_state, 1, np.float32).tobytes() == value.tobytes()
 
 
 def test_reduce_fast_path_returns_the_exact_state_when_not_proven():
     x = -np.array([1.0, 2.0**-24], np.float32)  # a rounding tie (log_target, y = 0: terms are -x)
-    value, partial, _ = cpu.reduce(x, np.zeros_like(x), True, 1, exact_state_needed=False)
+    value, partial, _ = cpu.reduce(x, np.zeros_like(x), True, 1)
     assert isinstance(partial, np.ndarray) and value == np.float32(1.0)
 
 
@@ -365,7 +370,7 @@ def test_reduce_fast_path_for_fortran_and_strided_inputs(dtype):
 def _bounded(x, y, log_target):
     state = exact_sum.new_state()
     magnitudes = cpu.bounded_kernel(log_target, False)(x, y, 0.0, np.empty(0, x.dtype), state)
-    return cpu.bounded_value(state, magnitudes, 1, x.dtype)
+    return rounding.bounded_value(state, magnitudes, 1, x.dtype)
 
 
 @pytest.mark.parametrize(
@@ -383,7 +388,7 @@ def test_a_sum_at_a_rounding_tie_is_not_proven_and_rounds_exactly(terms, expecte
     x = -np.array(terms, np.float32)
     y = np.zeros_like(x)
     assert _bounded(x, y, True) is None
-    value, _, _ = cpu.reduce(x, y, True, 1, exact_state_needed=False)
+    value, _, _ = cpu.reduce(x, y, True, 1)
     exact = sum((Fraction(t) for t in terms), Fraction(0))
     assert value == np.float32(expected) == round_to_float32(exact)
 
@@ -393,7 +398,7 @@ def test_a_cancelling_sum_is_not_proven_and_comes_out_exact():
     x = np.array([-1e20, -1.0, 1e20], np.float32)
     y = np.zeros(3, np.float32)
     assert _bounded(x, y, True) is None
-    value, _, _ = cpu.reduce(x, y, True, 1, exact_state_needed=False)
+    value, _, _ = cpu.reduce(x, y, True, 1)
     assert value == np.float32(1.0)
 
 
@@ -403,7 +408,7 @@ def test_a_zero_sum_keeps_its_positive_sign():
     assert _bounded(cancelling, y, True) is None
     all_zero = np.array([0.5, -3.0], np.float32)  # probability targets 0: every term is exactly 0
     for x, log_target in ((cancelling, True), (all_zero, False)):
-        value, _, _ = cpu.reduce(x, y, log_target, 1, exact_state_needed=False)
+        value, _, _ = cpu.reduce(x, y, log_target, 1)
         assert value.tobytes() == np.float32(0.0).tobytes()
 
 
@@ -429,7 +434,7 @@ def test_property_fast_sum_is_correctly_rounded(values, divisor):
     # Terms are exactly -x (log_target, y = 0), so the exact sum is known as a fraction.
     x = np.array(values, np.float32)
     y = np.zeros_like(x)
-    value, _, _ = cpu.reduce(x, y, True, divisor, exact_state_needed=False)
+    value, _, _ = cpu.reduce(x, y, True, divisor)
     exact = sum((Fraction(-float(v)) for v in x), Fraction(0))
     if divisor == 1:
         expected = round_to_float32(exact)
@@ -559,5 +564,5 @@ def test_bounded_value_lets_special_terms_decide(special, expected):
     state = exact_sum.new_state()
     exact_sum.add_float(state, 12.0)
     exact_sum.add_float(state, special)
-    value = cpu.bounded_value(state, 3.0, 1, np.float32)
+    value = rounding.bounded_value(state, 3.0, 1, np.float32)
     assert value is not None and value.tobytes() == np.float32(expected).tobytes()

@@ -27,8 +27,7 @@ import numpy as np
 
 from klflow import dtypes
 from klflow.distributed.comm import Communicator
-from klflow.kernels import cpu as rounding
-from klflow.kernels import exact_sum
+from klflow.kernels import exact_sum, rounding
 
 
 @dataclass

@@ -38,9 +38,14 @@ Why ``E`` bounds the error (``u = 2**-53``, ``g(k) = k u / (1 - k u)``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+# Result dtypes the bounded fast path can prove: its bound (~2**-40) is far below their ulp.
+BOUNDED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 BLOCK_LIMIT = 4096  # the most terms one block sum may take
 LANE_LIMIT = 1024  # generous bound on the starting zeros a vectorised sum adds
 _ORDER_TERMS = BLOCK_LIMIT + LANE_LIMIT
@@ -70,3 +75,14 @@ def error_bound(magnitude_total: float) -> float:
     if magnitude_total == 0.0:
         return 0.0
     return magnitude_total * _BOUND_FACTOR + _SMALLEST_SUBNORMAL
+
+
+@dataclass(frozen=True)
+class BoundedSum:
+    """The bounded fast path's partial sum: ``state`` holds the exact sum of the float64 block
+    sums, ``magnitude_total`` the running total of their magnitude sums. Partials of several
+    ranks combine by adding both; :func:`klflow.kernels.rounding.bounded_value` then decides (or
+    the exact path runs)."""
+
+    state: np.ndarray
+    magnitude_total: float

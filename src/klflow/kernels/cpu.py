@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,9 +32,10 @@ from numba.extending import overload
 
 from klflow.kernels import bounded_sum, exact_sum, formula, pool
 from klflow.kernels.bits import f64_as_i64, f64_to_half_bits, half_bits_to_f32
-from klflow.kernels.bounded_sum import add_any_order
+from klflow.kernels.bounded_sum import BOUNDED_DTYPES, BoundedSum, add_any_order
 from klflow.kernels.fastmath import exp64, log64, log64_normal, log64_positive
 from klflow.kernels.jit import jit, variant
+from klflow.kernels.rounding import bounded_value, finish
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 assert BLOCK <= bounded_sum.BLOCK_LIMIT  # the bounded fast path sums a BLOCK at a time
@@ -44,8 +44,6 @@ CHUNKS_PER_THREAD = 4  # chunks are taken in turn, so a thread that starts late 
 MIN_CHUNK = 1 << 16  # below this a chunk's Python-side cost (slices, a kernel call) shows
 SLAB_ELEMENTS = 1 << 18  # contiguous staging size for inputs with irregular strides
 ABS_BITS = 0x7FFFFFFFFFFFFFFF  # clears the sign: the bits of |t| order like |t| (NaN above inf)
-# Result dtypes the bounded fast path can prove: its bound (~2**-40) is far below their ulp.
-BOUNDED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 # The per-element helpers are small: LLVM inlines them into the loops that call them (and then
 # vectorises those loops), which compiles faster than numba-level inlining.
@@ -452,73 +450,6 @@ def target_grad_array(
     return _grad_launch(_make_target_grad_kernel, [x, y], upstream, coef, log_target)
 
 
-_FORMATS = {  # precision bits, smallest and largest normal exponent
-    np.dtype(np.float64): (53, -1022, 1023),
-    np.dtype(np.float32): (24, -126, 127),
-    np.dtype(np.float16): (11, -14, 15),
-}
-_FLOAT64 = _FORMATS[np.dtype(np.float64)]
-
-
-def _divided(value: float, divisor: int, dtype: np.dtype) -> np.ndarray:
-    """``value / divisor`` in float64 (IEEE division, as NumPy's), then rounded to ``dtype``."""
-    if divisor == 0:  # an empty batch: 0/0 is NaN, and x/0 an infinity of x's sign
-        quotient = math.nan if value == 0 or math.isnan(value) else math.copysign(math.inf, value)
-    else:
-        quotient = value / float(divisor)
-    return np.array(quotient, dtype=dtype)
-
-
-def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
-    """The exact sum rounded once to ``dtype``, or divided by ``divisor``: a 0-d array.
-
-    A plain sum is rounded straight from the exact state (correctly rounded in any dtype); a
-    quotient divides the correctly rounded float64 sum in float64 and rounds that to ``dtype``.
-    """
-    dtype = np.dtype(dtype)
-    if divisor == 1:
-        return np.array(exact_sum.round_to_float(state, *_FORMATS[dtype]), dtype=dtype)
-    return _divided(exact_sum.round_to_float(state, *_FLOAT64), divisor, dtype)
-
-
-def bounded_value(
-    state: np.ndarray, magnitude_total: float, divisor: int, dtype: np.dtype
-) -> np.ndarray | None:
-    """``finish`` of the exact sum of the terms, where the bounded fast path proves it; else None.
-
-    ``state`` holds the exact sum of the block sums and ``magnitude_total`` their magnitudes'
-    running total (:mod:`klflow.kernels.bounded_sum`). ``finish`` is monotone in the value it
-    rounds, so if both ends of the error interval give the same bits, so does the exact sum
-    inside it. Bits are compared, not values: -0.0 and +0.0 must not pass for each other.
-    """
-    bound = bounded_sum.error_bound(magnitude_total)
-    if not math.isfinite(bound):  # a NaN or infinite term, or magnitudes beyond float64
-        return None
-    dtype = np.dtype(dtype)
-    if state[exact_sum.NAN_COUNT] or state[exact_sum.POS_INF_COUNT] or state[exact_sum.NEG_INF_COUNT]:
-        # NaN or infinite terms decide, whatever the error
-        return finish(state, divisor, dtype)
-    center, width = exact_sum.exact_value(state), exact_sum.units(bound)
-    ends = []
-    for value in (center - width, center + width):
-        if divisor == 1:
-            ends.append(np.array(exact_sum.round_value(value, *_FORMATS[dtype]), dtype=dtype))
-        else:
-            ends.append(_divided(exact_sum.round_value(value, *_FLOAT64), divisor, dtype))
-    low, high = ends
-    return low if low.tobytes() == high.tobytes() else None
-
-
-@dataclass(frozen=True)
-class BoundedSum:
-    """The bounded fast path's partial sum: ``state`` holds the exact sum of the float64 block
-    sums, ``magnitude_total`` the running total of their magnitude sums. Partials of several
-    ranks combine by adding both; :func:`bounded_value` then decides (or the exact path runs)."""
-
-    state: np.ndarray
-    magnitude_total: float
-
-
 def _bounded_reduce(
     x: np.ndarray, y: np.ndarray, log_target: bool, grad_coef: float | None
 ) -> tuple[BoundedSum, np.ndarray | None]:
@@ -544,26 +475,16 @@ def _bounded_reduce(
 
 
 def reduce(
-    x: np.ndarray,
-    y: np.ndarray,
-    log_target: bool,
-    divisor: int,
-    grad_coef: float | None = None,
-    exact_state_needed: bool = True,
+    x: np.ndarray, y: np.ndarray, log_target: bool, divisor: int, grad_coef: float | None = None
 ) -> tuple[np.ndarray, np.ndarray | BoundedSum, np.ndarray | None]:
     """(the sum ÷ divisor rounded to x's dtype, the partial sum, the fused gradient or None).
 
-    The partial sum is the exact-sum state. With ``exact_state_needed=False``, float32 and float16
-    results of non-empty inputs in one memory order come from the bounded fast path
-    (:mod:`klflow.kernels.bounded_sum`) where it proves them, and the partial is then its
-    :class:`BoundedSum`; the value is the same bits either way.
+    float32 and float16 results of non-empty inputs in one memory order come from the bounded
+    fast path (:mod:`klflow.kernels.bounded_sum`) where it proves them, and the partial is then
+    its :class:`~klflow.kernels.bounded_sum.BoundedSum`; otherwise every term is added exactly
+    and the partial is the exact-sum state. The value is the same bits either way.
     """
-    fast = (
-        not exact_state_needed
-        and x.size > 0
-        and x.dtype in BOUNDED_DTYPES
-        and _same_memory_order(x, y)  # the gradient is allocated in the same order
-    )
+    fast = x.size > 0 and x.dtype in BOUNDED_DTYPES and _same_memory_order(x, y)  # grad: same order
     if fast:
         partial, grad = _bounded_reduce(x, y, log_target, grad_coef)
         value = bounded_value(partial.state, partial.magnitude_total, divisor, x.dtype)

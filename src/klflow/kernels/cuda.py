@@ -13,8 +13,8 @@ compiles without ``-fma=0``); the shared source never leaves such a pair unfused
 neither NVVM nor ptxas contracts with the product that made the term.
 
 **Reductions** give the CPU's bits too: the correctly rounded value of the exact sum of the
-terms, finished on the host by the CPU's own code (:func:`klflow.kernels.cpu.bounded_value` and
-:func:`~klflow.kernels.cpu.finish`). The device produces the integer states of
+terms, finished on the host by the CPU's own code (:func:`klflow.kernels.rounding.bounded_value` and
+:func:`~klflow.kernels.rounding.finish`). The device produces the integer states of
 :mod:`klflow.kernels.exact_sum`; they are added into with integer atomics only, whose order does
 not matter, so the states (and the result) do not depend on the launch shape or on timing.
 
@@ -61,7 +61,7 @@ import numpy as np
 from numba import cuda  # a module global: numba's simulator swaps it inside kernels
 from numba.core import config as numba_config
 
-from klflow.kernels import bounded_sum, cpu, exact_sum, fastmath, formula
+from klflow.kernels import bounded_sum, exact_sum, fastmath, formula, rounding
 
 MAX_BLOCK = 1024  # shared-memory size of the block reduction; blocks never exceed it
 # The most terms one thread adds in sequence: keeps the bounded path's summation tree within the
@@ -720,11 +720,11 @@ class DeviceSum:
             self._states = (state, magnitude_total)
         return self._states
 
-    def host_partial(self) -> cpu.BoundedSum | np.ndarray:
-        """The partial sum in the CPU backend's kinds: a :class:`~klflow.kernels.cpu.BoundedSum`
+    def host_partial(self) -> bounded_sum.BoundedSum | np.ndarray:
+        """The partial sum in the CPU backend's kinds: a :class:`~klflow.kernels.bounded_sum.BoundedSum`
         for the bounded path, else the exact state."""
         state, magnitude_total = self.states()
-        return cpu.BoundedSum(state, magnitude_total) if self.bounded else state
+        return bounded_sum.BoundedSum(state, magnitude_total) if self.bounded else state
 
     def exact_state(self) -> np.ndarray:
         """The exact state of every term (the bounded kind runs the exact pass for it)."""
@@ -743,9 +743,9 @@ class DeviceSum:
             state, magnitude_total = self.states()
             value = None
             if self.bounded:
-                value = cpu.bounded_value(state, magnitude_total, self.divisor, self.dtype)
+                value = rounding.bounded_value(state, magnitude_total, self.divisor, self.dtype)
             if value is None:  # not proven: every term exactly
-                value = cpu.finish(self.exact_state(), self.divisor, self.dtype)
+                value = rounding.finish(self.exact_state(), self.divisor, self.dtype)
             self._value = value
             self._inputs = None
         return self._value
@@ -818,25 +818,20 @@ class PendingScalar:
 
 # ------------------------------------------------------------------ launchers (the backend API)
 def reduce(
-    x: Any,
-    y: Any,
-    log_target: bool,
-    divisor: int,
-    grad_coef: float | None = None,
-    exact_state_needed: bool = True,
+    x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
 ) -> tuple[PendingScalar, DeviceSum, Any]:
     """(the sum ÷ divisor as a 0-d array of x's dtype, the partial sum, d loss/d x × grad_coef or
     None), with the CPU's bits. One launch; nothing waits for the device until the value is read.
 
-    With ``exact_state_needed=False``, float32 and float16 results take the bounded path; the
-    partial's :meth:`DeviceSum.host_partial` then gives a :class:`~klflow.kernels.cpu.BoundedSum`,
+    float32 and float16 results take the bounded path, as on the CPU: the partial's
+    :meth:`DeviceSum.host_partial` then gives a :class:`~klflow.kernels.bounded_sum.BoundedSum`,
     as the CPU backend's partial would be. The value is the same bits either way.
     """
     _cuda()
     _finish_arrived()
     with_grad = grad_coef is not None
     grad = _empty(x.shape, x.dtype) if with_grad else None
-    bounded = not exact_state_needed and np.dtype(x.dtype) in cpu.BOUNDED_DTYPES
+    bounded = np.dtype(x.dtype) in bounded_sum.BOUNDED_DTYPES
     flat_grad = _flat(grad) if with_grad else None
     pending = DeviceSum(bounded, _flat(x), _flat(y), log_target, divisor, grad_coef, flat_grad)
     return PendingScalar(pending), pending, grad
@@ -859,7 +854,7 @@ def exact_state(partial: DeviceSum) -> np.ndarray:
     return partial.exact_state()
 
 
-def host_partial(partial: DeviceSum) -> cpu.BoundedSum | np.ndarray:
+def host_partial(partial: DeviceSum) -> bounded_sum.BoundedSum | np.ndarray:
     """The partial sum as the CPU backend gives it (host), for combining over MPI ranks."""
     return partial.host_partial()
 

@@ -27,20 +27,11 @@ from klflow.autograd import graph
 from klflow.distributed import sbp as sbp_module
 from klflow.distributed.layout import GlobalSpec
 from klflow.distributed.partials import PartialSum
+from klflow.kernels.bounded_sum import BoundedSum
 from klflow.ops import global_tensors
+from klflow.ops.backend import backend_for
 from klflow.ops.reduction import grad_name, reduction_divisor
 from klflow.tensor import Tensor
-
-
-def backend_for(t: Tensor) -> Any:
-    """The kernel module for a tensor's device: :mod:`klflow.kernels.cpu` or the CUDA one."""
-    if t.device.type == "cpu":
-        from klflow.kernels import cpu
-
-        return cpu
-    from klflow.kernels import cuda as cuda_kernels
-
-    return cuda_kernels
 
 
 class KlDivBackward(graph.Node):
@@ -111,12 +102,9 @@ def kl_div_local(
     reduction: str,
     log_target: bool,
     divisor_shape: tuple[int, ...] | None = None,
-    exact_state_needed: bool = True,
 ) -> tuple[Tensor, Any]:
     """The loss of local tensors. Returns the output and, for reduced modes, the backend's partial
-    sum (an exact-sum state on the CPU; ``backend.exact_state`` turns a device total into one).
-    ``exact_state_needed=False`` lets the backend take a faster path to the same value, whose
-    partial may then be of its own kind (``cpu.BoundedSum``); ``none`` returns no partial.
+    sum (see :class:`klflow.ops.backend.Backend`; ``none`` returns no partial).
 
     ``divisor_shape`` is the logical shape used for ``mean``/``batchmean`` (a global tensor's
     component divides by the whole tensor's numel or batch size).
@@ -135,12 +123,7 @@ def kl_div_local(
         coef = 1.0 / divisor if divisor else float("nan")
         want_fused = record and input.requires_grad
         value, state, fused = backend.reduce(
-            input._data,
-            target._data,
-            log_target,
-            divisor,
-            coef if want_fused else None,
-            exact_state_needed=exact_state_needed,
+            input._data, target._data, log_target, divisor, coef if want_fused else None
         )
         out = Tensor(value, device=input.device)
     if record:
@@ -161,30 +144,18 @@ def kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> T
     """The loss for validated inputs (both local, or both global on one placement)."""
     if input.is_global:
         return _kl_div_global(input, target, reduction, log_target)
-    out, _ = kl_div_local(input, target, reduction, log_target, exact_state_needed=False)
+    out, _ = kl_div_local(input, target, reduction, log_target)
     return out
 
 
 # ----------------------------------------------------------------- global inputs
-def _uses_bounded_sum(input: Tensor) -> bool:
-    """Whether a loss of ``input`` takes the bounded fast path: the same answer on every rank
-    (the dtype is global; the CPU and CUDA backends give the same partial kinds, so a CPU and a
-    CUDA placement of the same data give one value)."""
-    from klflow.kernels import cpu
-
-    return input.dtype.numpy in cpu.BOUNDED_DTYPES
-
-
 def _partial_sum(state: Any, input: Tensor, target: Tensor, log_target: bool, divisor: int) -> PartialSum:
     """This rank's :class:`PartialSum` from the backend's partial (an exact state, or the bounded
-    path's block sums)."""
-    from klflow.kernels import cpu
-
+    path's block sums, which bring the exact recomputation along for the rare undecided sum).
+    The kinds may differ between ranks (a rank's layout may take the exact path): they combine."""
     backend = backend_for(input)
-    if not _uses_bounded_sum(input):
-        return PartialSum(backend.exact_state(state), 0.0, divisor, input.dtype)
     state = backend.host_partial(state)
-    if isinstance(state, cpu.BoundedSum):
+    if isinstance(state, BoundedSum):
         x, y = input._data, target._data
 
         @functools.cache
@@ -257,12 +228,7 @@ def _kl_div_global(input: Tensor, target: Tensor, reduction: str, log_target: bo
         local_input = Tensor(input._data, device=input.device, requires_grad=input.requires_grad)
         local_target = Tensor(target._data, device=target.device, requires_grad=target.requires_grad)
         result, state = kl_div_local(
-            local_input,
-            local_target,
-            reduction,
-            log_target,
-            divisor_shape=spec.shape,
-            exact_state_needed=not _uses_bounded_sum(input),
+            local_input, local_target, reduction, log_target, divisor_shape=spec.shape
         )
         local_node = result.grad_fn
         if reduction != "none" and out_spec.partial_axes():
