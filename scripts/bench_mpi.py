@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The global loss on 1 and 2 ranks against the local kernel alone: what the global layer costs.
 
-    .venv/bin/python scripts/bench_mpi.py [--ranks 1 2] [--min-log2 16] [--max-log2 24] [--json out.json]
+    .venv/bin/python scripts/bench_mpi.py [--ranks 1 2] [--meshes 2x2] [--min-log2 16] [--max-log2 24] [--json out.json]
+
+With --meshes the same runs on a hierarchical placement of that shape, the data split over every
+axis ((S(0), S(0)), so each rank holds 1/(ranks) of it, as on a flat placement).
 
 For each size (elements per rank, float32) every rank times the local loss on its own data
 (``kl_div`` on local tensors, ``sum``) and the global loss over split tensors materialised on
@@ -37,7 +40,11 @@ def worker(args: argparse.Namespace) -> None:
     from klflow.kernels import exact_sum
 
     rank, size = flow.env.get_rank(), flow.env.get_world_size()
-    placement = flow.placement.all("cpu")
+    if args.mesh:  # a hierarchical placement: the data split over both axes, (S(0), S(0))
+        placement = flow.placement("cpu", np.arange(size).reshape(args.mesh))
+        sbp = (flow.sbp.split(0),) * placement.ndim
+    else:
+        placement, sbp = flow.placement.all("cpu"), flow.sbp.split(0)
     sync = np.zeros(1)
 
     def slowest_ms(fn, reps: int) -> float:
@@ -78,8 +85,8 @@ def worker(args: argparse.Namespace) -> None:
         x_local = rng.standard_normal(n).astype(np.float32)
         y_local = rng.random(n).astype(np.float32)
         xl, yl = flow.from_numpy(x_local), flow.from_numpy(y_local)
-        xg = xl.to_global(placement, flow.sbp.split(0))
-        yg = yl.to_global(placement, flow.sbp.split(0))
+        xg = xl.to_global(placement, sbp)
+        yg = yl.to_global(placement, sbp)
         reps = 31 if n <= (1 << 20) else 15
         local, global_, overhead = paired_ms(
             lambda: F.kl_div(xl, yl, reduction="sum").item(),
@@ -96,7 +103,8 @@ def worker(args: argparse.Namespace) -> None:
         * 1e3,
     }
     if rank == 0:
-        result = {"ranks": size, "threads": flow.env.get_num_threads(), "rows": rows, **latency}
+        mesh = "×".join(map(str, args.mesh)) if args.mesh else str(size)
+        result = {"ranks": size, "mesh": mesh, "threads": flow.env.get_num_threads(), "rows": rows, **latency}
         report(result)
 
 
@@ -106,6 +114,10 @@ def main() -> int:
     parser.add_argument("--min-log2", type=int, default=16)
     parser.add_argument("--max-log2", type=int, default=24)
     parser.add_argument("--step", type=int, default=2)
+    parser.add_argument(
+        "--meshes", nargs="*", default=[], metavar="AxB", help="also run on these meshes, e.g. 2x2 (4 ranks)"
+    )
+    parser.add_argument("--mesh", type=int, nargs="+", help=argparse.SUPPRESS)  # the worker's mesh
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,23 +127,26 @@ def main() -> int:
 
     sizes = ["--min-log2", str(args.min_log2), "--max-log2", str(args.max_log2), "--step", str(args.step)]
     results = [run_worker(__file__, ranks, sizes) for ranks in args.ranks]
+    for mesh in args.meshes:
+        shape = [int(n) for n in mesh.lower().split("x")]
+        results.append(run_worker(__file__, int(np.prod(shape)), [*sizes, "--mesh", *map(str, shape)]))
 
     print(
         "float32 sum; times in ms, the slowest rank's median; overhead = median of (global − local) over paired runs"
     )
     print(
-        f"{'ranks':>5} {'thr/rank':>8} {'n / rank':>10} {'local':>9} {'global':>9} {'overhead':>9} {'%':>7}"
+        f"{'ranks':>5} {'mesh':>5} {'thr/rank':>8} {'n / rank':>10} {'local':>9} {'global':>9} {'overhead':>9} {'%':>7}"
     )
     for result in results:
         for row in result["rows"]:
             overhead = row["overhead_ms"]
             print(
-                f"{result['ranks']:>5} {result['threads']:>8} {row['n_per_rank']:>10} {row['local_ms']:>9.3f} "
+                f"{result['ranks']:>5} {result['mesh']:>5} {result['threads']:>8} {row['n_per_rank']:>10} {row['local_ms']:>9.3f} "
                 f"{row['global_ms']:>9.3f} {overhead:>9.3f} {overhead / row['local_ms']:>7.1%}"
             )
     for result in results:
         print(
-            f"{result['ranks']} rank(s): one agreement {result['agreement_us']:.1f} µs; guarded all-reduce of an "
+            f"{result['ranks']} rank(s), mesh {result['mesh']}: one agreement {result['agreement_us']:.1f} µs; guarded all-reduce of an "
             f"exact-sum state {result['state_allreduce_us']:.1f} µs, of one float64 {result['scalar_allreduce_us']:.1f} µs"
         )
     if args.json:
