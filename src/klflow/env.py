@@ -57,10 +57,14 @@ def ranks_on_this_node() -> int:
     return int(size) if size.isdigit() and int(size) > 0 else 1  # unknown: assume one node
 
 
+def _cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_thread_count() -> int:
     """Cores available to this process divided by the ranks on the node, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // ranks_on_this_node())
+    return max(1, _cores() // ranks_on_this_node())
 
 
 def configure_threads() -> int:
@@ -70,6 +74,7 @@ def configure_threads() -> int:
     variable = os.environ.get("NUMBA_NUM_THREADS", "")
     threads = int(variable) if variable.isdigit() and int(variable) > 0 else default_thread_count()
     set_num_threads(threads)
+    comm.set_oversubscribed(ranks_on_this_node() > _cores())
     return threads
 
 

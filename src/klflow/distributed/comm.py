@@ -61,6 +61,16 @@ _REPORT_GRACE_S = 2.0
 _SPIN_S = 1e-4  # busy-poll this long, then yield the CPU between polls
 _YIELD_S = 0.02  # an agreement that has waited this long sleeps between polls
 _MAX_SLEEP_S = 0.005
+# More ranks than cores on this node: a waiting rank sleeps rather than yields (a yield hands the
+# core back at once, and the rank being waited for may be the one that needs it).
+_SHARED_CORE_SLEEP_S = 2e-5
+_oversubscribed = False
+
+
+def set_oversubscribed(more_ranks_than_cores: bool) -> None:
+    """Tell the waits whether this node runs more ranks than it has cores (see :mod:`klflow.env`)."""
+    global _oversubscribed
+    _oversubscribed = bool(more_ranks_than_cores)
 
 _TAG_ARRIVE, _TAG_VERDICT, _TAG_DETAIL, _TAG_DETAIL_VERDICT, _TAG_ENDED = 1, 2, 3, 4, 5
 _OK, _PROBLEM = 0, 1
@@ -234,6 +244,8 @@ def _wait(
             continue
         if patient and waited > _YIELD_S:
             time.sleep(min(_MAX_SLEEP_S, waited * 0.05))
+        elif _oversubscribed:
+            time.sleep(_SHARED_CORE_SLEEP_S)  # the rank we wait for may need this very core
         else:
             os.sched_yield()
 
