@@ -30,6 +30,13 @@ from klflow.distributed.comm import Communicator
 from klflow.kernels import exact_sum, rounding
 
 
+def _make_summable(state: np.ndarray, ranks: int) -> None:
+    """Ready a state for a digitwise all-reduce over ``ranks`` ranks: raw states sum safely
+    ``RAW_STATES_SUMMABLE`` at a time, normalised ones far more (see :mod:`exact_sum`)."""
+    if ranks > exact_sum.RAW_STATES_SUMMABLE:
+        exact_sum.normalize(state)
+
+
 @dataclass
 class PartialSum:
     """One rank's share of a reduced loss, ``divisor`` (numel, batch size or 1) and result
@@ -56,8 +63,8 @@ class PartialSum:
         with group.collective(call) as c:
             local = np.concatenate([self.state, exact_sum.new_state()])
             exact_sum.add_float(local[half:], self.magnitude_total)  # exact; NaN/inf go to counters
-            exact_sum.normalize(local[:half])  # digits below 2**32: any rank count sums safely
-            exact_sum.normalize(local[half:])
+            _make_summable(local[:half], group.size)
+            _make_summable(local[half:], group.size)
             total = c.allreduce_sum(local)
         magnitude_total = exact_sum.to_float64(total[half:])
         value = rounding.bounded_value(total[:half], magnitude_total, self.divisor, self.dtype.numpy)
@@ -65,6 +72,6 @@ class PartialSum:
             return value
         with group.collective(f"{call}, exactly (the bound could not decide)") as c:
             exact = (self.exact_state() if self.exact_state is not None else self.state).copy()
-            exact_sum.normalize(exact)
+            _make_summable(exact, group.size)
             total = c.allreduce_sum(exact)
         return rounding.finish(total, self.divisor, self.dtype.numpy)

@@ -77,6 +77,7 @@ MIN_SCALE_EXPONENT = LOW_EXPONENT
 MAX_SCALE_EXPONENT = LOW_EXPONENT + DIGIT_BITS * (NDIGITS - 2) - 1
 CARRY_LIMIT = 1 << 46
 SUM_CHUNK = 1024  # int64 sums of this many integers below 2**53 cannot overflow
+RAW_STATES_SUMMABLE = 1 << 16  # digitwise sums of this many raw states cannot overflow int64
 
 _DIGIT_MASK = (1 << DIGIT_BITS) - 1
 _ABS_MASK = 0x7FFFFFFFFFFFFFFF
