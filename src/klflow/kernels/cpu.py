@@ -110,6 +110,17 @@ def _term(x, y):
 
 
 @jit(inline="always")
+def _term_unless_infinite_target(x, y):
+    """``_term`` for a target that is not ``+inf``; for one that is, a non-finite value (NaN or
+    an infinity) that is not necessarily ``_term``'s. The bounded path uses it: a non-finite term
+    leaves the block's magnitude sum non-finite, and an unproven result is recomputed exactly
+    with ``_term`` (:func:`klflow.kernels.rounding.bounded_value`), so the select is not needed."""
+    wide_y = widen(y)
+    # For y = +inf, y * (finite - x) is an infinity or NaN whatever the finite log stands in.
+    return kl_term(widen(x), wide_y, log_finite_positive(y))
+
+
+@jit(inline="always")
 def _term_log_target(x, y):
     """The loss element of two array elements as stored, log-probability target."""
     wide_y = widen(y)
@@ -200,7 +211,7 @@ def _make_bounded_kernel(log_target: bool, with_grad: bool) -> Callable:
                     magnitude = add_any_order(magnitude, abs(term))
             else:
                 for i in range(count):
-                    term = _term(xs[i], ys[i])
+                    term = _term_unless_infinite_target(xs[i], ys[i])
                     total = add_any_order(total, term)
                     magnitude = add_any_order(magnitude, abs(term))
                 if with_grad:
