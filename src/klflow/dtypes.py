@@ -67,3 +67,11 @@ def resolve(value: Any) -> dtype:
             f"dtype must be klflow.float16, klflow.float32 or klflow.float64; got {value!r}"
         ) from None
     return from_numpy_dtype(np_dtype)
+
+
+def cast_host(values: np.ndarray, dtype: dtype) -> np.ndarray:
+    """A host array of float32/float64 ``values`` as ``dtype``, each element rounded once to
+    nearest-even (``values`` itself if it already has that dtype)."""
+    if values.dtype == dtype.numpy:
+        return values
+    return values.astype(dtype.numpy)
