@@ -6,7 +6,7 @@
 tensor(0.0627, dtype=klflow.float32)
 """
 
-from klflow import cuda, env, nn, sbp
+from klflow import cuda, env, nn, sbp, utils
 from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from klflow.creation import (
     full,
@@ -26,6 +26,7 @@ from klflow.dtypes import bfloat16, double, dtype, float, float16, float32, floa
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.random import Generator, default_generator, initial_seed, manual_seed, seed
 from klflow.tensor import Size, Tensor, from_numpy, tensor
+from klflow.utils.dlpack import from_dlpack
 
 env.configure_threads()  # ranks × threads ≤ cores on this node, unless NUMBA_NUM_THREADS is set
 
@@ -47,6 +48,7 @@ __all__ = [
     "float16",
     "float32",
     "float64",
+    "from_dlpack",
     "from_numpy",
     "full",
     "full_like",
@@ -69,6 +71,7 @@ __all__ = [
     "set_grad_enabled",
     "set_printoptions",
     "tensor",
+    "utils",
     "zeros",
     "zeros_like",
 ]

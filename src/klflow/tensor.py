@@ -211,6 +211,19 @@ class Tensor:
             raise AttributeError("__cuda_array_interface__ is only exported by local CUDA tensors")
         return self._data.__cuda_array_interface__
 
+    def __dlpack__(
+        self, stream: Any = None, *, max_version: Any = None, dl_device: Any = None, copy: bool | None = None
+    ) -> Any:
+        """A DLPack capsule sharing this tensor's memory (see :mod:`klflow.utils.dlpack`)."""
+        from klflow.utils import dlpack
+
+        return dlpack.export(self, stream, max_version, dl_device, copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        from klflow.utils import dlpack
+
+        return dlpack.dlpack_device(self)
+
     # ----------------------------------------------------------------- conversion
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         """``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``; returns self if
