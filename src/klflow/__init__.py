@@ -6,11 +6,12 @@
 tensor(0.0627, dtype=klflow.float32)
 """
 
-from klflow import cuda, env, nn, sbp
+from klflow import autograd, cuda, env, nn, sbp
 from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from klflow.device import device
 from klflow.distributed.placement import placement
-from klflow.dtypes import double, dtype, float, float16, float32, float64, half
+from klflow.dtypes import bool, double, dtype, float, float16, float32, float64, half
+from klflow.functions import exp, log, mean, sum
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.tensor import Size, Tensor, from_numpy, tensor
 
@@ -20,6 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Size",
+    "autograd",
+    "bool",
     "cuda",
     "Tensor",
     "device",
@@ -27,6 +30,7 @@ __all__ = [
     "dtype",
     "enable_grad",
     "env",
+    "exp",
     "float",
     "float16",
     "float32",
@@ -35,11 +39,14 @@ __all__ = [
     "get_printoptions",
     "half",
     "is_grad_enabled",
+    "log",
+    "mean",
     "nn",
     "no_grad",
     "placement",
     "sbp",
     "set_grad_enabled",
     "set_printoptions",
+    "sum",
     "tensor",
 ]

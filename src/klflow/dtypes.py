@@ -1,12 +1,13 @@
-"""klflow's floating dtypes.
+"""klflow's dtypes: float16/32/64 for data, and ``bool`` for the results of comparisons.
 
 >>> import klflow as flow
->>> flow.float32, flow.float32.itemsize
-(klflow.float32, 4)
+>>> flow.float32, flow.float32.itemsize, flow.bool.is_floating_point
+(klflow.float32, 4, False)
 """
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ class dtype:
 
     @property
     def is_floating_point(self) -> bool:
-        return True
+        return self.numpy.kind == "f"
 
     def __repr__(self) -> str:
         return f"klflow.{self.name}"
@@ -37,9 +38,18 @@ class dtype:
 float16 = dtype("float16", np.dtype(np.float16))
 float32 = dtype("float32", np.dtype(np.float32))
 float64 = dtype("float64", np.dtype(np.float64))
+bool_ = dtype("bool", np.dtype(np.bool_))  # what comparisons return (``klflow.bool``)
 half, float, double = float16, float32, float64  # OneFlow's aliases
 
 _BY_NUMPY = {d.numpy: d for d in (float16, float32, float64)}
+
+
+def of_array(np_dtype: Any) -> dtype:
+    """The klflow dtype of an array a tensor holds: a floating dtype, or bool."""
+    np_dtype = np.dtype(np_dtype)
+    if np_dtype == np.bool_:
+        return bool_
+    return from_numpy_dtype(np_dtype)
 
 
 def from_numpy_dtype(np_dtype: Any) -> dtype:
@@ -58,6 +68,8 @@ def resolve(value: Any) -> dtype:
     """Accept a klflow dtype, a NumPy dtype or its name; refuse the rest with a ``TypeError``."""
     if isinstance(value, dtype):
         return value
+    if value is builtins.bool:
+        return bool_
     if value is None:
         raise TypeError("dtype must be klflow.float16, klflow.float32 or klflow.float64, not None")
     try:
@@ -66,4 +78,7 @@ def resolve(value: Any) -> dtype:
         raise TypeError(
             f"dtype must be klflow.float16, klflow.float32 or klflow.float64; got {value!r}"
         ) from None
-    return from_numpy_dtype(np_dtype)
+    return of_array(np_dtype)
+
+
+bool = bool_  # noqa: A001 - OneFlow's name; after every use of the builtin above
