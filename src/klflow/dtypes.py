@@ -11,6 +11,7 @@ import builtins
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 
@@ -27,7 +28,7 @@ class dtype:
 
     @property
     def is_floating_point(self) -> bool:
-        return self.numpy.kind == "f"
+        return self.name != "bool"  # (ml_dtypes' bfloat16 is not of NumPy's kind "f")
 
     def __repr__(self) -> str:
         return f"klflow.{self.name}"
@@ -39,9 +40,12 @@ float16 = dtype("float16", np.dtype(np.float16))
 float32 = dtype("float32", np.dtype(np.float32))
 float64 = dtype("float64", np.dtype(np.float64))
 bool_ = dtype("bool", np.dtype(np.bool_))  # what comparisons return (``klflow.bool``)
+# Host arrays of bfloat16 use ml_dtypes' NumPy dtype; losses compute on them as on float16.
+bfloat16 = dtype("bfloat16", np.dtype(ml_dtypes.bfloat16))
 half, float, double = float16, float32, float64  # OneFlow's aliases
 
-_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64)}
+_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64, bfloat16)}
+_NAMES = "float16, float32, float64, bfloat16"
 
 
 def of_array(np_dtype: Any) -> dtype:
@@ -59,7 +63,7 @@ def from_numpy_dtype(np_dtype: Any) -> dtype:
         return _BY_NUMPY[np_dtype.newbyteorder("=")]  # '>f8' is float64 data too
     except KeyError:
         raise TypeError(
-            f"klflow tensors hold floating-point data only (float16, float32, float64); "
+            f"klflow tensors hold floating-point data only ({_NAMES}); "
             f"got data of dtype {np_dtype.name}. Convert it first, e.g. with .astype('float32')."
         ) from None
 
@@ -71,14 +75,38 @@ def resolve(value: Any) -> dtype:
     if value is builtins.bool:
         return bool_
     if value is None:
-        raise TypeError("dtype must be klflow.float16, klflow.float32 or klflow.float64, not None")
+        raise TypeError(
+            "dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16, not None"
+        )
     try:
         np_dtype = np.dtype(value)
     except TypeError:
         raise TypeError(
-            f"dtype must be klflow.float16, klflow.float32 or klflow.float64; got {value!r}"
+            f"dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16; got {value!r}"
         ) from None
     return of_array(np_dtype)
+
+
+def check_device_supports(value: dtype, device: Any) -> None:
+    """bfloat16 tensors live on the host: numba's CUDA target has no bfloat16 arrays."""
+    if value == bfloat16 and getattr(device, "type", device) == "cuda":
+        raise TypeError(
+            f"klflow.bfloat16 tensors are CPU-only (numba's CUDA target has no bfloat16 arrays); "
+            f"got a request for {device}. Use float16 or float32 on the GPU."
+        )
+
+
+def cast_host(values: np.ndarray, dtype: dtype) -> np.ndarray:
+    """A host array of real ``values`` as ``dtype``, each element rounded once to nearest-even
+    (``values`` itself if it already has that dtype). bfloat16 is rounded straight from the
+    float64 value, never through float32."""
+    if values.dtype == dtype.numpy:
+        return values
+    if dtype == bfloat16:
+        from klflow.kernels.bfloat16 import round_to_bfloat16
+
+        return round_to_bfloat16(values)
+    return values.astype(dtype.numpy)
 
 
 bool = bool_  # noqa: A001 - OneFlow's name; after every use of the builtin above

@@ -53,7 +53,7 @@ class _TensorType(type):
 
 
 class Tensor(metaclass=_TensorType):
-    """A multi-dimensional array of float16/32/64 (or bool) with OneFlow's tensor API.
+    """A multi-dimensional array of float16/32/64, bfloat16 (or bool) with OneFlow's tensor API.
 
     Build one with :func:`klflow.tensor` or :func:`klflow.from_numpy`; ``klflow.Tensor(data)``
     copies data as float32 and ``klflow.Tensor(2, 3)`` makes an uninitialised float32 tensor, as
@@ -406,6 +406,19 @@ class Tensor(metaclass=_TensorType):
             raise AttributeError("__cuda_array_interface__ is only exported by local CUDA tensors")
         return self._data.__cuda_array_interface__
 
+    def __dlpack__(
+        self, stream: Any = None, *, max_version: Any = None, dl_device: Any = None, copy: bool | None = None
+    ) -> Any:
+        """A DLPack capsule sharing this tensor's memory (see :mod:`klflow.utils.dlpack`)."""
+        from klflow.utils import dlpack
+
+        return dlpack.export(self, stream, max_version, dl_device, copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        from klflow.utils import dlpack
+
+        return dlpack.dlpack_device(self)
+
     # ----------------------------------------------------------------- conversion
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         """``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``; returns self if
@@ -429,6 +442,9 @@ class Tensor(metaclass=_TensorType):
 
     def float(self) -> Tensor:
         return self.to(dtypes.float32)
+
+    def bfloat16(self) -> Tensor:
+        return self.to(dtypes.bfloat16)
 
     def double(self) -> Tensor:
         return self.to(dtypes.float64)
@@ -583,6 +599,8 @@ def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray
             dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
     elif array.dtype.kind not in "fiub":
         dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
+    if dtype == dtypes.bfloat16 and array.dtype != dtype.numpy:
+        return dtypes.cast_host(array, dtype)  # rounded once from float64 (a new array)
     # numba kernels need native byte order; asarray/array below also make the copy when asked.
     if copy:
         return np.array(array, dtype=dtype.numpy, copy=True)
@@ -648,7 +666,7 @@ def _copy_data(t: Tensor) -> Any:
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing memory with ``array`` (float16/32/64 only).
+    """A tensor sharing memory with ``array`` (float16/32/64, or ml_dtypes' bfloat16).
 
     >>> import numpy as np, klflow as flow
     >>> a = np.zeros(2, dtype=np.float64); t = flow.from_numpy(a); a[0] = 5.0

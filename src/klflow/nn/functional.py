@@ -1,4 +1,4 @@
-"""``klflow.nn.functional``: the loss as a function, with all argument checking.
+"""``klflow.nn.functional``: the loss, softmax and log_softmax as functions, with all argument checking.
 
 >>> import klflow as flow
 >>> import klflow.nn.functional as F
@@ -9,10 +9,12 @@ tensor(5.7801, dtype=klflow.float32)
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from klflow.ops import kl_div as kl_div_op
-from klflow.tensor import Tensor, as_tensor_arg
+from klflow.ops import softmax as softmax_op
+from klflow.tensor import Tensor, _normalize_dim, as_tensor_arg
 
 REDUCTIONS = ("none", "batchmean", "sum", "mean")
 
@@ -131,3 +133,78 @@ def _argument(t: Tensor) -> str:
     if not t.is_global:
         return "a local tensor"
     return f"{global_tensors.describe(t)}{' requiring grad' if t.requires_grad else ''}"
+
+
+# ----------------------------------------------------------------- softmax and log_softmax
+def implicit_softmax_dim(name: str, ndim: int, stacklevel: int = 3) -> int:
+    """The dimension OneFlow and PyTorch pick when ``dim`` is not given (deprecated, with a
+    warning): 0 for 0-, 1- and 3-dimensional inputs, else 1."""
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include "
+        f"dim=X as an argument.",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _softmax_call(x: Tensor | Any, dim: Any, log: bool) -> Tensor:
+    name = "log_softmax" if log else "softmax"
+    collective = isinstance(x, Tensor) and x.is_global
+    problem: Exception | None = None
+    normalized = 0
+    try:
+        x = as_tensor_arg(x, "input")
+        if dim is None:
+            dim = implicit_softmax_dim(name, x.ndim, stacklevel=4)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"{name}(): argument 'dim' must be int, not {type(dim).__name__}")
+        normalized = _normalize_dim(dim, x.ndim)
+    except Exception as err:  # on a global input every rank must learn of it
+        problem = err
+    if collective:
+        _agree_on_softmax(problem, x, name, normalized)
+    elif problem is not None:
+        raise problem
+    return softmax_op.softmax(x, normalized, log)
+
+
+def _agree_on_softmax(problem: Exception | None, x: Tensor, name: str, dim: int) -> None:
+    from klflow.ops import global_tensors
+
+    if not global_tensors.spmd_checks_enabled():
+        if problem is not None:
+            raise problem
+        return
+    group = global_tensors.communicator_of(x.placement)
+    if group is None:
+        if problem is not None:
+            raise problem
+        return
+    call = name if problem is not None else f"{name}(dim={dim}) of {_argument(x)}"
+    group.agree("check", call, problem, context=name)
+
+
+def log_softmax(x: Tensor | Any, dim: int | None = None) -> Tensor:
+    """``x_i - log(sum_j exp(x_j))`` along ``dim``, computed max-shifted in float64 and rounded
+    once to ``x``'s dtype; the row sum is exact, so a global tensor split along ``dim`` gives the
+    single-process bits on any number of ranks.
+
+    >>> import klflow as flow
+    >>> import klflow.nn.functional as F
+    >>> F.log_softmax(flow.tensor([[0.4296, -1.1957, 2.5463], [1.2552, -1.5747, 0.6923]]), dim=1)
+    tensor([[-2.2513, -3.8766, -0.1346],
+            [-0.4877, -3.3176, -1.0506]], dtype=klflow.float32)
+    """
+    return _softmax_call(x, dim, True)
+
+
+def softmax(x: Tensor | Any, dim: int | None = None) -> Tensor:
+    """``exp(x_i) / sum_j exp(x_j)`` along ``dim`` (max-shifted, float64 inside, rounded once).
+
+    >>> import klflow as flow
+    >>> import klflow.nn.functional as F
+    >>> F.softmax(flow.tensor([1.0, 2.0, 3.0]), dim=0)
+    tensor([0.0900, 0.2447, 0.6652], dtype=klflow.float32)
+    """
+    return _softmax_call(x, dim, False)

@@ -83,11 +83,33 @@ def result_dtype(a: Operand, b: Operand) -> dtypes.dtype:
         return a.dtype
     if (a.ndim == 0) != (b.ndim == 0):  # a 0-dim tensor does not widen a dimensioned one
         return b.dtype if a.ndim == 0 else a.dtype
+    if {a.dtype, b.dtype} == {dtypes.float16, dtypes.bfloat16}:
+        return dtypes.float32  # neither holds the other
     return a.dtype if a.dtype.itemsize >= b.dtype.itemsize else b.dtype
 
 
 def _compute_dtype(dtype: dtypes.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype == dtypes.float16 else dtype.numpy
+    """float16 computes in float32 (as NumPy and PyTorch), bfloat16 in float64 (rounded once
+    from it, as klflow's bfloat16 does everywhere)."""
+    if dtype == dtypes.float16:
+        return np.dtype(np.float32)
+    if dtype == dtypes.bfloat16:
+        return np.dtype(np.float64)
+    return dtype.numpy
+
+
+def _values(a: Any, dtype: dtypes.dtype) -> np.ndarray:
+    """``a`` (an array or a Python scalar) as values of ``dtype``, each rounded once."""
+    a = np.asarray(a)
+    if a.dtype == dtype.numpy:
+        return a
+    if dtype == dtypes.bfloat16:
+        return dtypes.cast_host(a.astype(np.float64), dtype)
+    return a.astype(dtype.numpy)
+
+
+def _rounded(out: np.ndarray, dtype: dtypes.dtype) -> np.ndarray:
+    return dtypes.cast_host(np.asarray(out), dtype)
 
 
 def broadcast_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
@@ -106,22 +128,22 @@ def host_binary(op: str, a: Any, b: Any, value_dtype: dtypes.dtype) -> np.ndarra
     bool; float16 is computed in float32 and rounded once)."""
     # Every operand is first a value of the result dtype (a Python scalar is rounded to it, as
     # OneFlow's scalar ops and NumPy do); float16 arithmetic then runs in float32, rounded once.
-    compute = value_dtype.numpy if op in COMPARISONS else _compute_dtype(value_dtype)
-    x = np.asarray(a, dtype=value_dtype.numpy).astype(compute, copy=False)
-    y = np.asarray(b, dtype=value_dtype.numpy).astype(compute, copy=False)
+    compute = _compute_dtype(value_dtype)
+    x = _values(a, value_dtype).astype(compute, copy=False)
+    y = _values(b, value_dtype).astype(compute, copy=False)
     with np.errstate(all="ignore"):
         if op in COMPARISONS:
             return np.asarray(COMPARISONS[op](x, y))
         out = np.asarray(ARITHMETIC[op](x, y))
-    return out.astype(value_dtype.numpy, copy=False)
+    return _rounded(out, value_dtype)
 
 
 def host_unary(op: str, a: np.ndarray) -> np.ndarray:
     dtype = dtypes.of_array(a.dtype)
-    x = np.asarray(a, dtype=_compute_dtype(dtype))
+    x = np.asarray(a).astype(_compute_dtype(dtype), copy=False)
     with np.errstate(all="ignore"):
         out = {"neg": np.negative, "exp": np.exp, "log": np.log}[op](x)
-    return np.asarray(out).astype(a.dtype, copy=False)
+    return _rounded(out, dtype)
 
 
 def _device_operand(value: Any, compute: np.dtype) -> Any:
