@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +71,6 @@ def resolve(value: Any) -> dtype:
     """Accept a klflow dtype, a NumPy dtype or its name; refuse the rest with a ``TypeError``."""
     if isinstance(value, dtype):
         return value
-    if value is builtins.bool:
-        return bool_
     if value is None:
         raise TypeError(
             "dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16, not None"
@@ -84,7 +81,7 @@ def resolve(value: Any) -> dtype:
         raise TypeError(
             f"dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16; got {value!r}"
         ) from None
-    return of_array(np_dtype)
+    return from_numpy_dtype(np_dtype)  # klflow.bool itself is accepted above, not NumPy's bool
 
 
 def check_device_supports(value: dtype, device: Any) -> None:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import klflow as flow
@@ -98,6 +98,7 @@ def broadcastable(draw):
     return operand(), operand()
 
 
+@settings(deadline=None)  # first calls compile kernels
 @given(broadcastable(), st.sampled_from(list(OPS)))
 @example(((3, 1), (1, 4)), "mul")
 @example(((), (2, 3)), "div")

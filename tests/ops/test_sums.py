@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import round_fraction
 
@@ -46,6 +46,7 @@ def cases(draw):
     return shape, dims, draw(st.booleans()), draw(st.sampled_from([np.float16, np.float32, np.float64]))
 
 
+@settings(deadline=None)  # first calls compile kernels
 @given(cases(), st.booleans())
 @example(((3, 4), {1}, False, np.float32), False)
 @example(((2, 0), {1}, True, np.float64), True)
