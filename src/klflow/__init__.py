@@ -22,7 +22,7 @@ from klflow.creation import (
 )
 from klflow.device import device
 from klflow.distributed.placement import placement
-from klflow.dtypes import double, dtype, float, float16, float32, float64, half
+from klflow.dtypes import bfloat16, double, dtype, float, float16, float32, float64, half
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.random import Generator, default_generator, initial_seed, manual_seed, seed
 from klflow.tensor import Size, Tensor, from_numpy, tensor
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Generator",
     "Size",
+    "bfloat16",
     "cuda",
     "Tensor",
     "default_generator",

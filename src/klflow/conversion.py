@@ -22,6 +22,8 @@ from klflow.tensor import Tensor
 def _move(data: Any, source: Device, target: Device) -> Any:
     if source == target:
         return data
+    if target.type == "cuda":
+        dtypes.check_device_supports(dtypes.from_numpy_dtype(data.dtype), target)
     from klflow import cuda
 
     if target.type == "cpu":
@@ -35,7 +37,7 @@ def _cast(data: Any, dtype: dtypes.dtype, on: Device) -> Any:
     if data.dtype == dtype.numpy:
         return data
     if on.type == "cpu":
-        return data.astype(dtype.numpy)
+        return dtypes.cast_host(data, dtype)  # bfloat16: rounded once from the float64 value
     from klflow import cuda
 
     return cuda.cast(data, dtype.numpy)
@@ -86,7 +88,7 @@ def gradient_seed(t: Tensor) -> Tensor:
 def full(shape: tuple[int, ...], value: float, dtype: dtypes.dtype, device: Device) -> Any:
     """A new local array of ``shape`` filled with ``value``."""
     if device.type == "cpu":
-        return np.full(shape, value, dtype=dtype.numpy)
+        return dtypes.cast_host(np.full(shape, value, dtype=np.float64), dtype)
     from klflow import cuda
 
     return cuda.full(shape, value, dtype.numpy, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 
@@ -37,9 +38,12 @@ class dtype:
 float16 = dtype("float16", np.dtype(np.float16))
 float32 = dtype("float32", np.dtype(np.float32))
 float64 = dtype("float64", np.dtype(np.float64))
+# Host arrays of bfloat16 use ml_dtypes' NumPy dtype; losses compute on them as on float16.
+bfloat16 = dtype("bfloat16", np.dtype(ml_dtypes.bfloat16))
 half, float, double = float16, float32, float64  # OneFlow's aliases
 
-_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64)}
+_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64, bfloat16)}
+_NAMES = "float16, float32, float64, bfloat16"
 
 
 def from_numpy_dtype(np_dtype: Any) -> dtype:
@@ -49,7 +53,7 @@ def from_numpy_dtype(np_dtype: Any) -> dtype:
         return _BY_NUMPY[np_dtype.newbyteorder("=")]  # '>f8' is float64 data too
     except KeyError:
         raise TypeError(
-            f"klflow tensors hold floating-point data only (float16, float32, float64); "
+            f"klflow tensors hold floating-point data only ({_NAMES}); "
             f"got data of dtype {np_dtype.name}. Convert it first, e.g. with .astype('float32')."
         ) from None
 
@@ -59,19 +63,35 @@ def resolve(value: Any) -> dtype:
     if isinstance(value, dtype):
         return value
     if value is None:
-        raise TypeError("dtype must be klflow.float16, klflow.float32 or klflow.float64, not None")
+        raise TypeError(
+            "dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16, not None"
+        )
     try:
         np_dtype = np.dtype(value)
     except TypeError:
         raise TypeError(
-            f"dtype must be klflow.float16, klflow.float32 or klflow.float64; got {value!r}"
+            f"dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16; got {value!r}"
         ) from None
     return from_numpy_dtype(np_dtype)
 
 
+def check_device_supports(value: dtype, device: Any) -> None:
+    """bfloat16 tensors live on the host: numba's CUDA target has no bfloat16 arrays."""
+    if value == bfloat16 and getattr(device, "type", device) == "cuda":
+        raise TypeError(
+            f"klflow.bfloat16 tensors are CPU-only (numba's CUDA target has no bfloat16 arrays); "
+            f"got a request for {device}. Use float16 or float32 on the GPU."
+        )
+
+
 def cast_host(values: np.ndarray, dtype: dtype) -> np.ndarray:
-    """A host array of float32/float64 ``values`` as ``dtype``, each element rounded once to
-    nearest-even (``values`` itself if it already has that dtype)."""
+    """A host array of real ``values`` as ``dtype``, each element rounded once to nearest-even
+    (``values`` itself if it already has that dtype). bfloat16 is rounded straight from the
+    float64 value, never through float32."""
     if values.dtype == dtype.numpy:
         return values
+    if dtype == bfloat16:
+        from klflow.kernels.bfloat16 import round_to_bfloat16
+
+        return round_to_bfloat16(values)
     return values.astype(dtype.numpy)

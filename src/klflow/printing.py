@@ -237,8 +237,8 @@ def _nested_text(values: np.ndarray, indent: int, summarize: bool, formatter: _E
 
 def _values_text(values: np.ndarray, indent: int) -> str:
     summarize = values.size > _OPTIONS.threshold
-    if values.dtype == np.float16:
-        # OneFlow widens half tensors to float32 before printing them.
+    if values.dtype == np.float16 or values.dtype.name == "bfloat16":
+        # OneFlow widens half and bfloat16 tensors to float32 before printing them.
         values = values.astype(np.float32)
     shown = _summarized(values, _OPTIONS.edgeitems) if summarize else values
     return _nested_text(values, indent, summarize, _ElementFormatter(shown))

@@ -35,7 +35,7 @@ class Size(tuple):
 
 
 class Tensor:
-    """A multi-dimensional array of float16/32/64 with OneFlow's tensor API.
+    """A multi-dimensional array of float16/32/64 or bfloat16 with OneFlow's tensor API.
 
     Build one with :func:`klflow.tensor` or :func:`klflow.from_numpy`. A *global* tensor (made by
     :meth:`to_global`) also has a ``placement`` and an ``sbp`` and stands for the logical value
@@ -248,6 +248,9 @@ class Tensor:
     def float(self) -> Tensor:
         return self.to(dtypes.float32)
 
+    def bfloat16(self) -> Tensor:
+        return self.to(dtypes.bfloat16)
+
     def double(self) -> Tensor:
         return self.to(dtypes.float64)
 
@@ -401,6 +404,8 @@ def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray
             dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
     elif array.dtype.kind not in "fiub":
         dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
+    if dtype == dtypes.bfloat16 and array.dtype != dtype.numpy:
+        return dtypes.cast_host(array, dtype)  # rounded once from float64 (a new array)
     # numba kernels need native byte order; asarray/array below also make the copy when asked.
     if copy:
         return np.array(array, dtype=dtype.numpy, copy=True)
@@ -466,7 +471,7 @@ def _copy_data(t: Tensor) -> Any:
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
-    """A tensor sharing memory with ``array`` (float16/32/64 only).
+    """A tensor sharing memory with ``array`` (float16/32/64, or ml_dtypes' bfloat16).
 
     >>> import numpy as np, klflow as flow
     >>> a = np.zeros(2, dtype=np.float64); t = flow.from_numpy(a); a[0] = 5.0

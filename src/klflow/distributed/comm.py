@@ -72,6 +72,7 @@ def set_oversubscribed(more_ranks_than_cores: bool) -> None:
     global _oversubscribed
     _oversubscribed = bool(more_ranks_than_cores)
 
+
 _TAG_ARRIVE, _TAG_VERDICT, _TAG_DETAIL, _TAG_DETAIL_VERDICT, _TAG_ENDED = 1, 2, 3, 4, 5
 _OK, _PROBLEM = 0, 1
 _DIGEST_MASK = (1 << 62) - 1
@@ -719,8 +720,8 @@ _FLOAT32 = np.dtype(np.float32)
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
-    # MPI has no portable float16 sum: add half-precision data in float32 and round once after.
-    return _FLOAT32 if dtype.char == "e" else dtype
+    # MPI has no portable float16 or bfloat16 sum: add such data in float32 and round once after.
+    return _FLOAT32 if dtype.char == "e" or dtype.name == "bfloat16" else dtype
 
 
 def _displacements(counts: Sequence[int]) -> list[int]:

@@ -638,6 +638,10 @@ class Module:
         """Cast floating-point parameters and buffers to float16; returns ``self``."""
         return self._apply(lambda t: t.half() if t.dtype.is_floating_point else t)
 
+    def bfloat16(self) -> Self:
+        """Cast floating-point parameters and buffers to bfloat16; returns ``self``."""
+        return self._apply(lambda t: t.bfloat16() if t.dtype.is_floating_point else t)
+
     def float(self) -> Self:
         """Cast floating-point parameters and buffers to float32; returns ``self``."""
         return self._apply(lambda t: t.float() if t.dtype.is_floating_point else t)

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from klflow.kernels import rounding
+from klflow.kernels.bfloat16 import BFLOAT16, round_to_bfloat16, widen
 from klflow.kernels.bounded_sum import BoundedSum
 from klflow.tensor import Tensor
 
@@ -53,12 +55,60 @@ class Backend(Protocol):
         """d loss/d y = coef × upstream × d element/d y."""
 
 
+class WidenedBackend:
+    """bfloat16 on the CPU: the float64 kernels on inputs widened exactly, every result rounded
+    once to bfloat16. The kernels' arithmetic is float64 for every dtype, so the elements are
+    the values the float16 path computes for its inputs; the reductions add the same terms
+    exactly and round the exact sum once (or divide its correctly rounded float64 value), as for
+    float16, and outputs and gradients are rounded straight from float64, never through float32.
+    """
+
+    __name__ = "klflow.ops.backend.WidenedBackend"
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def pointwise(self, x: Any, y: Any, log_target: bool) -> Any:
+        return round_to_bfloat16(self.inner.pointwise(widen(x), widen(y), log_target))
+
+    def reduce(
+        self, x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
+    ) -> tuple[Any, Partial, Any]:
+        state, grad = self.inner.reduce_sum(widen(x), widen(y), log_target, grad_coef)
+        return rounding.finish(state, divisor, BFLOAT16), state, _narrowed(grad)
+
+    def reduce_sum(
+        self, x: Any, y: Any, log_target: bool, grad_coef: float | None = None
+    ) -> tuple[np.ndarray, Any]:
+        state, grad = self.inner.reduce_sum(widen(x), widen(y), log_target, grad_coef)
+        return state, _narrowed(grad)
+
+    def host_partial(self, partial: Partial) -> np.ndarray | BoundedSum:
+        return self.inner.host_partial(partial)
+
+    def input_grad_array(self, y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
+        return round_to_bfloat16(self.inner.input_grad_array(widen(y), _wide(upstream), coef, log_target))
+
+    def target_grad_array(self, x: Any, y: Any, upstream: Any, coef: float, log_target: bool) -> Any:
+        grad = self.inner.target_grad_array(widen(x), widen(y), _wide(upstream), coef, log_target)
+        return round_to_bfloat16(grad)
+
+
+def _wide(upstream: Any) -> Any:
+    return widen(upstream) if isinstance(upstream, np.ndarray) else upstream
+
+
+def _narrowed(grad: Any) -> Any:
+    return None if grad is None else round_to_bfloat16(grad)
+
+
 def backend_for(t: Tensor) -> Backend:
-    """The kernels for a tensor's device: :mod:`klflow.kernels.cpu` or the CUDA one."""
+    """The kernels for a tensor's device: :mod:`klflow.kernels.cpu` or the CUDA one (bfloat16
+    through :class:`WidenedBackend`)."""
     if t.device.type == "cpu":
         from klflow.kernels import cpu
 
-        return cpu
+        return WidenedBackend(cpu) if t.dtype.numpy == BFLOAT16 else cpu
     from klflow.kernels import cuda as cuda_kernels
 
     return cuda_kernels

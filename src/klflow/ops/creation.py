@@ -141,6 +141,7 @@ def create(
     generator = generator or generators.default_generator
     if placement is None and sbp is None:
         device = device or Device("cpu")
+        dtypes.check_device_supports(dtype, device)
         state = generator.take() if random else None
         ranges = [(0, n) for n in shape]
         data = _component(kind, value, shape, ranges, False, dtype, device, state)
@@ -179,6 +180,7 @@ def _create_global(
             )
         placement, signature = global_tensors._parse_arguments(placement, sbp)
         global_tensors._check_split_dims(signature, len(shape), shape)
+        dtypes.check_device_supports(dtype, placement.type)
     except Exception as err:  # any class: reported to every rank by the agreement below
         problem = err
     state = generator.peek() if random else None
