@@ -36,6 +36,10 @@ klflow_env() {
         echo "Installing klflow, its test tools and $provider into $venv ..." >&2
         "$venv/bin/python" -m pip install --quiet --upgrade pip
         "$venv/bin/python" -m pip install --quiet -e "$ROOT[test,$provider]"
+        # The interop tests' peers (the DLPack exchange, klflow.torch): the CPU build of PyTorch
+        # and JAX. Optional: where they cannot be installed those tests skip.
+        "$venv/bin/python" -m pip install --quiet "torch==2.13.0" jax ||
+            echo "note: torch/jax not installed; the DLPack and klflow.torch tests will skip" >&2
         echo "$want" > "$stamp"
     fi
     PY="$venv/bin/python"

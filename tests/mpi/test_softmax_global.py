@@ -5,6 +5,7 @@ pipeline kl_div(log_softmax(s), log_softmax(t), batchmean, log_target=True)."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import assert_everywhere, raises_everywhere
@@ -63,7 +64,7 @@ def _check(placement, sbp, shape, dim, dtype, log):
 
 
 @pytest.mark.parametrize("log", [True, False], ids=["log_softmax", "softmax"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.dtype(ml_dtypes.bfloat16).type])
 @pytest.mark.parametrize("sbp", [S0, S1, S2, B, P], ids=str)
 def test_one_axis_layouts_have_the_single_process_bits(world, sbp, dtype, log):
     placement = flow.placement.all("cpu")

@@ -80,6 +80,29 @@ def test_values_and_gradients_match_the_float64_reference(shape, dim_seed, dtype
     _close(t.grad.numpy(), grad, np_dtype, grad_scale, 2.0 if np_dtype != np.float64 else 64.0)
 
 
+def test_bfloat16_is_computed_wide_and_rounded_once():
+    import ml_dtypes
+
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    x = _logits(4, (3, 40), np.float32, 3.0).astype(bf16)
+    upstream = _logits(5, (3, 40), np.float32, 1.0).astype(bf16)
+    for log in (True, False):
+        t = flow.tensor(x, requires_grad=True)
+        out = (F.log_softmax if log else F.softmax)(t, dim=1)
+        out.backward(flow.tensor(upstream))
+        assert out.dtype == flow.bfloat16 and t.grad.dtype == flow.bfloat16
+        wide = x.astype(np.float64)
+        t64 = flow.tensor(wide, requires_grad=True)
+        out64 = (F.log_softmax if log else F.softmax)(t64, dim=1)
+        out64.backward(flow.tensor(upstream.astype(np.float64)))
+        from klflow.kernels.bfloat16 import round_to_bfloat16
+
+        assert out.numpy().tobytes() == round_to_bfloat16(out64.numpy()).tobytes()
+        assert t.grad.numpy().tobytes() == round_to_bfloat16(t64.grad.numpy()).tobytes()
+        expected = (ref.log_softmax if log else ref.softmax)(wide, 1)
+        np.testing.assert_allclose(out.numpy().astype(np.float64), expected, rtol=2**-8, atol=2**-8)
+
+
 def test_special_values_follow_pytorch():
     inf, nan = float("inf"), float("nan")
     cases = [[inf, 0.0], [-inf, -inf], [-inf, 0.0], [nan, 1.0], [1.0, -inf, 2.0]]

@@ -30,6 +30,8 @@ import numpy as np
 
 from klflow.kernels import exact_sum, pool
 from klflow.kernels import softmax_formula as formula
+from klflow.kernels.bfloat16 import is_bfloat16, round_to_bfloat16
+from klflow.kernels.bfloat16 import widen as widen_bfloat16
 from klflow.kernels.bits import f64_as_i64, i64_as_f64
 from klflow.kernels.cpu import narrow, widen
 from klflow.kernels.fastmath import exp64, log64
@@ -313,6 +315,9 @@ def _over_rows(rows: int, n: int, call: Callable[[int, int], Any]) -> None:
 def forward(x: np.ndarray, log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log_softmax or softmax of every row of a C-contiguous 2-D ``x``, the row maxima, the row
     totals), the statistics in float64."""
+    if is_bfloat16(x.dtype):  # the float64 kernel on the exactly widened values, rounded once
+        out, maxima, totals = forward(widen_bfloat16(x), log)
+        return round_to_bfloat16(out), maxima, totals
     rows, n = x.shape
     out = np.empty_like(x)
     maxima = np.empty(rows, dtype=np.float64)
@@ -327,6 +332,8 @@ def backward(
     x: np.ndarray, grad: np.ndarray, maxima: np.ndarray, totals: np.ndarray, log: bool
 ) -> np.ndarray:
     """d loss/d x from the output's gradient ``grad`` (like ``x``) and the forward statistics."""
+    if is_bfloat16(x.dtype):
+        return round_to_bfloat16(backward(widen_bfloat16(x), widen_bfloat16(grad), maxima, totals, log))
     rows, n = x.shape
     out = np.empty_like(x)
     kernel = variant(_make_backward_kernel, log)
@@ -337,6 +344,7 @@ def backward(
 
 def row_maxima(x: np.ndarray) -> np.ndarray:
     """Every row's maximum in float64 (-inf for an empty row; NaN if the row holds one)."""
+    x = widen_bfloat16(x)
     rows, n = x.shape
     maxima = np.empty(rows, dtype=np.float64)
     kernel = variant(_make_maxima_kernel)
@@ -347,6 +355,7 @@ def row_maxima(x: np.ndarray) -> np.ndarray:
 
 def row_states(x: np.ndarray, maxima: np.ndarray) -> np.ndarray:
     """The exact-sum state of exp(x - m) for every row (zero where ``m`` is not finite)."""
+    x = widen_bfloat16(x)
     rows, n = x.shape
     states = np.zeros((rows, exact_sum.STATE_LEN), dtype=np.int64)
     kernel = variant(_make_states_kernel)
@@ -369,6 +378,8 @@ def round_states(states: np.ndarray, maxima: np.ndarray | None = None) -> np.nda
 
 def outputs(x: np.ndarray, maxima: np.ndarray, totals: np.ndarray, log: bool) -> np.ndarray:
     """log_softmax or softmax of every row from known statistics."""
+    if is_bfloat16(x.dtype):
+        return round_to_bfloat16(outputs(widen_bfloat16(x), maxima, totals, log))
     rows, n = x.shape
     out = np.empty_like(x)
     kernel = variant(_make_outputs_kernel, log)
@@ -381,6 +392,7 @@ def grad_states(
     x: np.ndarray, grad: np.ndarray, maxima: np.ndarray, totals: np.ndarray, log: bool
 ) -> np.ndarray:
     """Every row's exact-sum state of g (log_softmax) or of g × softmax (softmax)."""
+    x, grad = widen_bfloat16(x), widen_bfloat16(grad)
     rows, n = x.shape
     states = np.zeros((rows, exact_sum.STATE_LEN), dtype=np.int64)
     kernel = variant(_make_grad_states_kernel, log)
@@ -400,6 +412,9 @@ def grads(
     log: bool,
 ) -> np.ndarray:
     """d loss/d x from the forward statistics and the rows' gradient sums."""
+    if is_bfloat16(x.dtype):
+        wide = grads(widen_bfloat16(x), widen_bfloat16(grad), maxima, totals, grad_totals, log)
+        return round_to_bfloat16(wide)
     rows, n = x.shape
     out = np.empty_like(x)
     kernel = variant(_make_grads_kernel, log)
