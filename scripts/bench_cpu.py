@@ -30,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -161,13 +162,15 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
     return {"ns_per_element": costs, "read_floor_ns_per_element_and_thread": allowed}
 
 
-def interleaved_median_ms(variants: dict, reps: int) -> dict:
+def interleaved_median_ms(variants: dict, reps: int, between_rounds=lambda: None) -> dict:
     """Median ms of each variant, timed in rounds that run every variant once, so that a slow
-    spell of the shared machine (seen to last a few hundred ms) hits all of them alike."""
+    spell of the shared machine (seen to last a few hundred ms) hits all of them alike;
+    ``between_rounds`` runs after each round (the peers' rounds)."""
     for fn in variants.values():
         fn()  # warm-up (and JIT)
     samples: dict = {name: [] for name in variants}
     for _ in range(reps):
+        between_rounds()
         for name, fn in variants.items():
             start = time.perf_counter()
             fn()
@@ -228,9 +231,9 @@ print(read("VmHWM:") - before)
 
 
 PEER_PROBE = """
-import json, os, statistics, sys, time
+import json, sys, time
 import numpy as np
-peer, dtype, log2, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+peer, dtype, log2, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = np.random.default_rng(log2)
 x_np = rng.standard_normal(1 << log2).astype(dtype)
 y_np = rng.random(1 << log2).astype(dtype)
@@ -252,7 +255,6 @@ if peer.startswith("torch"):
         "none": lambda: loss["none"](x, y),
         "fwd+bwd": forward_backward,
     }
-    version = torch.__version__
 else:
     import jax
     if dtype == "float64":
@@ -272,17 +274,23 @@ else:
         "none": lambda: none(x, y).block_until_ready(),
         "fwd+bwd": lambda: jax.block_until_ready(grad(x, y)),
     }
-    version = jax.__version__
 for fn in variants.values():
     fn()  # compile
     fn()
-samples = {name: [] for name in variants}
-for _ in range(reps):  # interleaved rounds, as for klflow
+print("ready", flush=True)
+# One round (every variant once) per request, so that the parent interleaves the peers' rounds
+# with klflow's: a slow spell of the shared machine then hits all of them alike. The pause lets
+# the peer's worker threads stop spinning before the parent times anything again.
+for request in sys.stdin:
+    if request.strip() != "round":
+        break
+    times = {}
     for name, fn in variants.items():
         start = time.perf_counter()
         fn()
-        samples[name].append(time.perf_counter() - start)
-print(json.dumps({"version": version, **{name: statistics.median(t) * 1e3 for name, t in samples.items()}}))
+        times[name] = time.perf_counter() - start
+    time.sleep(0.3)
+    print(json.dumps(times), flush=True)
 """
 
 PEERS = ("torch", "torch.compile", "jax")
@@ -330,25 +338,56 @@ def installed_version(peer: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def peer_times(peer: str, dtype: str, log2: int, reps: int, threads: int, env: dict) -> dict:
-    """Median ms of a peer's ``sum``, ``batchmean``, ``none`` and forward+backward in a child
-    process (same sizes and distributions as the parent's arrays, same thread count), so that
-    its threads stop with it; an empty dict (and a note) if it fails."""
-    environment = dict(os.environ, **env)
-    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
-        environment.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(reps), str(threads)],
-        capture_output=True,
-        text=True,
-        env=environment,
-    )
-    if done.returncode != 0:
-        print(f"{peer} failed at {dtype} 2^{log2}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return {}
-    times = json.loads(done.stdout.strip().splitlines()[-1])
-    times.pop("version", None)
-    return times
+class Peer:
+    """A peer in a child process of its own (same sizes and distributions as the parent's arrays,
+    same thread count), so that its threads stop with it; it runs one timed round of its
+    ``sum``, ``batchmean``, ``none`` and forward+backward each time :meth:`round` asks."""
+
+    def __init__(self, peer: str, dtype: str, log2: int, threads: int, env: dict) -> None:
+        environment = dict(os.environ, **env)
+        for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+            environment.pop(name, None)
+        self.name = peer
+        self.errors = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+            env=environment,
+        )
+        self.samples: dict[str, list[float]] = {}
+        self.failed = self._read() != "ready"
+
+    def _read(self) -> str:
+        line = self.process.stdout.readline().strip()
+        if not line and self.process.poll() is not None:
+            self.errors.seek(0)
+            error = self.errors.read().strip().splitlines()[-1:]
+            print(f"{self.name} failed: {error}", file=sys.stderr)
+        return line
+
+    def round(self) -> None:
+        if self.failed:
+            return
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        line = self._read()
+        if not line:
+            self.failed = True
+            return
+        for mode, seconds in json.loads(line).items():
+            self.samples.setdefault(mode, []).append(seconds)
+
+    def close(self) -> dict:
+        """Median ms per mode (none if the peer failed); the child exits."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+        if self.failed:
+            return {}
+        return {mode: statistics.median(times) * 1e3 for mode, times in self.samples.items()}
 
 
 def peak_growth_bytes(variant: str, log2: int) -> int:
@@ -466,11 +505,16 @@ def main() -> int:
                 # what first-touch page faults (kernel zeroing) add to every fresh output.
                 reused = np.zeros_like(x)
                 variants["read_write_floor_reused"] = lambda: read_write_floor(x, y, reused)
-            row.update(interleaved_median_ms(variants, reps))
+            running = [Peer(peer, dtype_name, log2, threads, peer_env) for peer in peers]
+
+            def peer_rounds() -> None:
+                for peer in running:
+                    peer.round()
+
+            row.update(interleaved_median_ms(variants, reps, peer_rounds))
+            for peer in running:
+                row.update({f"{peer.name} {mode}": ms for mode, ms in peer.close().items()})
             row["numpy"] = median_ms(lambda: numpy_loss(x, y), max(3, reps // 2))
-            for peer in peers:
-                times = peer_times(peer, dtype_name, log2, max(3, reps // 2), threads, peer_env)
-                row.update({f"{peer} {mode}": ms for mode, ms in times.items()})
             report["rows"].append(row)
             rf, rw = row["read_floor"], row["read_write_floor"]
             print(
