@@ -110,22 +110,25 @@ def repeated_bounded_sum(kernel, x, y, grad, repeats):
 
 
 def ns_per_element(fn, elements: int) -> float:
-    """Best of five timings of ``fn`` (which handles ``elements`` elements), in ns per element."""
+    """Best of five timings of ``fn`` (which handles ``elements`` elements on the calling thread),
+    in ns per element of the thread's CPU time: on a shared machine the wall time also counts
+    the spells in which other jobs have the core."""
     fn()
-    best = min(timed(fn) for _ in range(5))
+    best = min(cpu_timed(fn) for _ in range(5))
     return best / elements * 1e9
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def cpu_timed(fn) -> float:
+    start = time.thread_time()
     fn()
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
-    """Cost per element of the arithmetic alone, one thread, on an L1-resident float32 block,
-    set against what the read floor at ``n`` allows per element and thread: where the arithmetic
-    exceeds that, the kernel is compute-bound and no memory optimisation can reach the floor."""
+    """Cost per element of the arithmetic alone (thread CPU time), one thread, on an L1-resident
+    float32 block, set against what the read floor at ``n`` allows per element and thread: where
+    the arithmetic exceeds that, the kernel is compute-bound and no memory optimisation can reach
+    the floor."""
     rng = np.random.default_rng(1)
     block = cpu.BLOCK
     x = rng.standard_normal(block).astype(np.float32)
