@@ -165,6 +165,9 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
     return {"ns_per_element": costs, "read_floor_ns_per_element_and_thread": allowed}
 
 
+CLOCK = time.perf_counter  # time.thread_time under --cpu-time
+
+
 def interleaved_median_ms(variants: dict, reps: int, between_rounds=lambda: None) -> dict:
     """Median ms of each variant, timed in rounds that run every variant once, so that a slow
     spell of the shared machine (seen to last a few hundred ms) hits all of them alike;
@@ -175,9 +178,9 @@ def interleaved_median_ms(variants: dict, reps: int, between_rounds=lambda: None
     for _ in range(reps):
         between_rounds()
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(CLOCK() - start)
     return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
 
 
@@ -185,9 +188,9 @@ def median_ms(fn, reps: int) -> float:
     fn()  # warm-up (and JIT)
     samples = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(CLOCK() - start)
     return statistics.median(samples) * 1e3
 
 
@@ -234,9 +237,10 @@ print(read("VmHWM:") - before)
 
 
 PEER_PROBE = """
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 peer, dtype, log2, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+clock = getattr(time, sys.argv[5])
 rng = np.random.default_rng(log2)
 x_np = rng.standard_normal(1 << log2).astype(dtype)
 y_np = rng.random(1 << log2).astype(dtype)
@@ -259,6 +263,9 @@ if peer.startswith("torch"):
         "fwd+bwd": forward_backward,
     }
 else:
+    if threads == 1:  # XLA's own thread pool to one thread, like the others'
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     import jax
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -289,9 +296,9 @@ for request in sys.stdin:
         break
     times = {}
     for name, fn in variants.items():
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times[name] = time.perf_counter() - start
+        times[name] = clock() - start
     time.sleep(0.3)
     print(json.dumps(times), flush=True)
 """
@@ -353,7 +360,7 @@ class Peer:
         self.name = peer
         self.errors = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the child
         self.process = subprocess.Popen(
-            [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(threads)],
+            [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(threads), self._clock(peer)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errors,
@@ -362,6 +369,14 @@ class Peer:
         )
         self.samples: dict[str, list[float]] = {}
         self.failed = self._read() != "ready"
+
+    @staticmethod
+    def _clock(peer: str) -> str:
+        """The child's clock: the parent's, except that JAX computes on threads of its own, so
+        that its CPU time is the process's (PyTorch with one thread computes on the caller's)."""
+        if CLOCK is time.thread_time and peer == "jax":
+            return "process_time"
+        return CLOCK.__name__
 
     def _read(self) -> str:
         line = self.process.stdout.readline().strip()
@@ -439,10 +454,20 @@ def main() -> int:
     parser.add_argument(
         "--no-extras", action="store_true", help="skip peak memory, the arithmetic alone and the first call"
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread everywhere, timed by CPU time (the computing thread's; JAX's process's): "
+        "ratios that a loaded machine's other jobs do not move (they take the core, not its CPU time)",
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.thread_time  # with one thread, every kernel runs on the calling thread
+        flow.env.set_num_threads(1)
     threads = flow.env.get_num_threads()
     numba.set_num_threads(threads)  # the floors' prange loops: as many threads as klflow's
     model, isa, peer_env = code_isa()
