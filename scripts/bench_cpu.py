@@ -368,7 +368,7 @@ class Peer:
             env=environment,
         )
         self.samples: dict[str, list[float]] = {}
-        self.failed = self._read() != "ready"
+        self.failed = self._read(lambda line: line == "ready") != "ready"
 
     @staticmethod
     def _clock(peer: str) -> str:
@@ -378,20 +378,23 @@ class Peer:
             return "process_time"
         return CLOCK.__name__
 
-    def _read(self) -> str:
-        line = self.process.stdout.readline().strip()
-        if not line and self.process.poll() is not None:
-            self.errors.seek(0)
-            error = self.errors.read().strip().splitlines()[-1:]
-            print(f"{self.name} failed: {error}", file=sys.stderr)
-        return line
+    def _read(self, wanted) -> str:
+        """The child's next line that ``wanted`` accepts (libraries may print lines of their own);
+        an empty string, and a note with the child's last error line, if it ended first."""
+        while line := self.process.stdout.readline():
+            if wanted(line.strip()):
+                return line.strip()
+        self.errors.seek(0)
+        error = self.errors.read().strip().splitlines()[-1:]
+        print(f"{self.name} failed: {error}", file=sys.stderr)
+        return ""
 
     def round(self) -> None:
         if self.failed:
             return
         self.process.stdin.write("round\n")
         self.process.stdin.flush()
-        line = self._read()
+        line = self._read(lambda line: line.startswith("{"))
         if not line:
             self.failed = True
             return
