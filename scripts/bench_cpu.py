@@ -328,7 +328,10 @@ def code_isa() -> tuple[str, str, dict]:
     if cpu_name in ("", "host"):
         isa = f"{host_isa} (host code)"
     elif cpu_name in ("haswell", "x86-64-v3", "znver3", "znver2", "skylake"):
-        isa = f"AVX2 code (NUMBA_CPU_NAME={cpu_name}) on an {host_isa} CPU"
+        isa = (
+            f"AVX2 code (NUMBA_CPU_NAME={cpu_name}) on an {host_isa} CPU; PyTorch eager and JAX asked "
+            "for AVX2 too, torch.compile keeps the host's"
+        )
         peer_env = {"ATEN_CPU_CAPABILITY": "avx2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
     else:
         isa = f"code for NUMBA_CPU_NAME={cpu_name} on an {host_isa} CPU"
@@ -357,6 +360,10 @@ class Peer:
         environment = dict(os.environ, **env)
         for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
             environment.pop(name, None)
+        if peer == "torch.compile":
+            # Inductor 2.13's kernels built with ATEN_CPU_CAPABILITY=avx2 failed from 2^20
+            # elements on ("RuntimeError: unhandled error"): it keeps the host's instructions.
+            environment.pop("ATEN_CPU_CAPABILITY", None)
         self.name = peer
         self.errors = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the child
         self.process = subprocess.Popen(
@@ -385,8 +392,8 @@ class Peer:
             if wanted(line.strip()):
                 return line.strip()
         self.errors.seek(0)
-        error = self.errors.read().strip().splitlines()[-1:]
-        print(f"{self.name} failed: {error}", file=sys.stderr)
+        error = self.errors.read().strip().splitlines()[-3:]
+        print(f"{self.name} failed (exit {self.process.wait()}): {error}", file=sys.stderr)
         return ""
 
     def round(self) -> None:
