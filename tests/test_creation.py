@@ -183,3 +183,23 @@ def test_global_constants_and_like():
     assert z.is_global and z.sbp == g.sbp and z.tolist() == [0.0] * 4
     local = flow.ones_like(g, device="cpu")
     assert not local.is_global and local.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("make", [flow.rand, flow.randn])
+def test_worker_threads_make_the_same_bits(make):
+    from klflow.kernels import pool
+
+    shape = (3, 40_001)  # several pieces, cut inside rows
+    previous = pool.thread_count()
+    try:
+        pool.set_thread_count(1)
+        flow.manual_seed(6)
+        serial = make(*shape).numpy()
+        pool.set_thread_count(3)
+        flow.manual_seed(6)
+        threaded = make(*shape).numpy()
+    finally:
+        pool.set_thread_count(previous)
+    assert serial.tobytes() == threaded.tobytes()
+    flow.manual_seed(6)
+    np.testing.assert_array_equal(make(shape[0] * shape[1]).numpy().reshape(shape), serial)

@@ -55,7 +55,7 @@ def fill(
     bits: int,
 ) -> None:
     """Fill the 1-D device array ``out`` (float32 or float64) as
-    :func:`klflow.kernels.philox.fill_random` fills a host array."""
+    :func:`klflow.kernels.philox.fill_kernel` fills a host array."""
     if out.size == 0:
         return
     blocks, threads = kernels.launch_config(out.size)

@@ -31,7 +31,7 @@ from types import FunctionType, SimpleNamespace
 import numpy as np
 
 from klflow.kernels.fastmath import _mul_add, log64_normal
-from klflow.kernels.jit import inlinable, jit
+from klflow.kernels.jit import jit, variant
 
 # Random123's constants: the multipliers and the Weyl sequence that bumps the key.
 _M0 = np.uint64(0xD2511F53)
@@ -49,7 +49,7 @@ ROUNDS = 10
 UNIFORM_BITS = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
 
 
-@inlinable
+@jit(inline="always")
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds):
     """The Philox4x32 block of counter (c0..c3) and key (k0, k1) after ``rounds`` rounds: four
     32-bit words (held in uint64)."""
@@ -69,18 +69,18 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds):
     return c0, c1, c2, c3
 
 
-@inlinable
+@jit(inline="always")
 def bits53(high, low):
     """53 random bits from two words, as an exact float64 integer."""
-    return np.float64((high << _SHIFT21) | (low >> _SHIFT11))
+    return np.float64(np.int64((high << _SHIFT21) | (low >> _SHIFT11)))  # signed: converts in vectors
 
 
-@inlinable
+@jit(inline="always")
 def uniform(w0, w1, bits, scale):
     """A uniform value in [0, 1) with ``bits`` significant bits; ``scale`` is ``2**-bits``."""
     if bits == 53:
         return bits53(w0, w1) * _TWO_M53
-    return np.float64(w0 >> np.uint64(32 - bits)) * scale
+    return np.float64(np.int64(w0 >> np.uint64(32 - bits))) * scale
 
 
 def _series(odd: bool, terms: int) -> tuple[float, ...]:
@@ -104,7 +104,7 @@ _COS = _series(False, 10)
 (_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9) = _COS
 
 
-@inlinable
+@jit(inline="always")
 def sin_quarter(s):
     """sin(π/2 · s) for 0 <= s <= 1/2."""
     z = s * s
@@ -120,7 +120,7 @@ def sin_quarter(s):
     return s * p
 
 
-@inlinable
+@jit(inline="always")
 def cos_quarter(s):
     """cos(π/2 · s) for 0 <= s <= 1/2."""
     z = s * s
@@ -135,7 +135,7 @@ def cos_quarter(s):
     return _mul_add(z, p, _C0)
 
 
-@inlinable
+@jit(inline="always")
 def cos_two_pi(u):
     """cos(2π · u) for 0 <= u < 1: the quarter turn and the fraction are exact (u is dyadic)."""
     t = u * 4.0
@@ -155,7 +155,7 @@ def cos_two_pi(u):
     return s
 
 
-@inlinable
+@jit(inline="always")
 def standard_normal(w0, w1, w2, w3):
     """One standard normal value from four words (Box-Muller, cosine branch), in float64."""
     u1 = (bits53(w0, w1) + 1.0) * _TWO_M53
@@ -163,7 +163,7 @@ def standard_normal(w0, w1, w2, w3):
     return math.sqrt(-2.0 * log64_normal(u1)) * cos_two_pi(u2)
 
 
-@inlinable
+@jit(inline="always")
 def random_element(index, key0, key1, offset0, offset1, normal, bits, scale):
     """Element ``index`` of a random call (see the module docstring), in float64."""
     counter = np.uint64(index)
@@ -173,7 +173,7 @@ def random_element(index, key0, key1, offset0, offset1, normal, bits, scale):
     return uniform(w0, w1, bits, scale)
 
 
-@inlinable
+@jit(inline="always")
 def logical_index(flat, starts, extents, strides):
     """The logical flat index of element ``flat`` (C order) of a component that starts at
     ``starts`` and has ``extents``, in a tensor with C-order ``strides``."""
@@ -186,12 +186,41 @@ def logical_index(flat, starts, extents, strides):
     return index
 
 
-@jit(nogil=True)
-def fill_random(out, starts, extents, strides, key0, key1, offset0, offset1, normal, bits, scale):
-    """Fill ``out`` (1-D, the component in C order) with its elements of a random call."""
-    for flat in range(out.size):
-        index = logical_index(flat, starts, extents, strides)
-        out[flat] = random_element(index, key0, key1, offset0, offset1, normal, bits, scale)
+def _make_fill_kernel(normal: bool, bits: int):
+    """The host kernel ``(out, lo, hi, starts, extents, strides, key0, key1, offset0, offset1)``
+    for one case: elements ``lo <= flat < hi`` (C order) of a component that starts at ``starts``
+    and has ``extents``, in a tensor with C-order ``strides``. It walks the component's rows, so
+    the inner loop runs over consecutive logical indices (and vectorises)."""
+    scale = 2.0**-bits
+
+    def fill(out, lo, hi, starts, extents, strides, key0, key1, offset0, offset1):
+        ndim = len(extents)
+        if ndim == 0:
+            if hi > lo:
+                out[0] = random_element(0, key0, key1, offset0, offset1, normal, bits, scale)
+            return
+        inner = extents[ndim - 1]
+        flat = lo
+        while flat < hi:
+            row = flat // inner
+            column = flat - row * inner
+            base = starts[ndim - 1] + column
+            rest = row
+            for d in range(ndim - 2, -1, -1):
+                extent = extents[d]
+                base += (starts[d] + rest % extent) * strides[d]
+                rest //= extent
+            stop = min(hi, flat + inner - column)
+            for k in range(stop - flat):
+                out[flat + k] = random_element(base + k, key0, key1, offset0, offset1, normal, bits, scale)
+            flat = stop
+
+    return fill
+
+
+def fill_kernel(normal: bool, bits: int):
+    """The compiled host kernel of one case (see :func:`_make_fill_kernel`), built on first use."""
+    return variant(_make_fill_kernel, normal, bits)
 
 
 _SHARED_FUNCTIONS = (
@@ -222,7 +251,7 @@ def compiled_for(decorate, *, mul_add, log64_normal) -> SimpleNamespace:
     namespace.update(_mul_add=mul_add, log64_normal=log64_normal)
     compiled = {}
     for function in _SHARED_FUNCTIONS:
-        source = function.__wrapped__
+        source = getattr(function, "py_func", None) or function.__wrapped__  # jit or inlinable
         clone = FunctionType(source.__code__, namespace, source.__name__, source.__defaults__)
         clone.__qualname__, clone.__doc__ = source.__qualname__, source.__doc__
         namespace[source.__name__] = compiled[source.__name__] = decorate(clone)

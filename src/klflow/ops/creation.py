@@ -27,6 +27,7 @@ from klflow.ops import global_tensors
 from klflow.tensor import Tensor
 
 CPU_TYPE = "cpu"
+SERIAL_BELOW = 1 << 15  # elements under which handing pieces to the worker threads costs more
 
 
 def _strides(shape: tuple[int, ...]) -> np.ndarray:
@@ -37,10 +38,21 @@ def _strides(shape: tuple[int, ...]) -> np.ndarray:
     return strides
 
 
+def _spans(n: int) -> list[tuple[int, int]]:
+    """Pieces of ``range(n)`` for klflow's worker threads (one piece below ``SERIAL_BELOW``)."""
+    from klflow.kernels import pool
+
+    threads = pool.thread_count()
+    if n < SERIAL_BELOW or threads == 1:
+        return [(0, n)]
+    step = -(-n // (threads * 2))
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
 def _random_host(
     ranges: list[tuple[int, int]], shape: tuple[int, ...], dtype: dtypes.dtype, state: tuple, normal: bool
 ) -> np.ndarray:
-    from klflow.kernels import philox
+    from klflow.kernels import philox, pool
 
     seed, offset = state
     extents = tuple(stop - start for start, stop in ranges)
@@ -48,8 +60,8 @@ def _random_host(
     out = np.empty(int(np.prod(extents, dtype=np.int64)), dtype=wide)
     bits = philox.UNIFORM_BITS[dtype.name]
     if out.size:
-        philox.fill_random(
-            out,
+        kernel = philox.fill_kernel(normal, bits)
+        arguments = (
             np.array([start for start, _ in ranges], dtype=np.int64),
             np.array(extents, dtype=np.int64),
             _strides(shape),
@@ -57,10 +69,9 @@ def _random_host(
             seed >> 32,
             offset & 0xFFFFFFFF,
             offset >> 32,
-            normal,
-            bits,
-            2.0**-bits,
         )
+        spans = _spans(out.size)
+        pool.run(lambda i: kernel(out, *spans[i], *arguments), len(spans))
     return dtypes.cast_host(out, dtype).reshape(extents)
 
 
