@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""klflow on the CPU against the memory floor, NumPy and PyTorch (when installed), in one run.
+"""klflow on the CPU against the memory floor, NumPy, PyTorch, torch.compile and JAX, in one run.
 
     .venv/bin/python scripts/bench_cpu.py [--min-log2 16] [--max-log2 26] [--dtypes float32 float64]
-                                          [--plot docs/data/bench_cpu.png] [--json out.json]
+                                          [--peers torch torch.compile jax] [--plot docs/data/bench_cpu.png]
+                                          [--json out.json]
 
 For each size and dtype it times (median of ``--reps``) klflow ``sum``, ``batchmean``, ``none`` and
-forward+backward (loss and input gradient), a NumPy implementation of the loss, and PyTorch's
-``F.kl_div`` (``sum`` and forward+backward) with the same thread count, in a child process of its
-own. The floors are measured in the same run by parallel, vectorised numba passes over the same
-arrays: one that only reads both inputs (the floor of a reduction) and one that reads both and
-writes one array (the floor of ``none`` and of forward+backward). It also reports the arithmetic
-alone on a cache-resident block, the peak resident memory each variant adds at the largest size,
-and the cost of a first call in a new process with a warm on-disk cache.
+forward+backward (loss and input gradient), a NumPy implementation of the loss, and each peer's
+``sum``, ``batchmean``, ``none`` and forward+backward: PyTorch eager ``F.kl_div``, the same under
+``torch.compile`` (Inductor) and JAX ``jit`` of the loss written in ``jax.numpy`` (forward+backward
+via ``jax.value_and_grad``), each peer in a child process of its own with the same thread count
+(a peer that is not installed is skipped with a note). The floors are measured in the same run by
+parallel, vectorised numba passes over the same arrays: one that only reads both inputs (the
+floor of a reduction) and one that reads both and writes one array (the floor of ``none`` and of
+forward+backward). It prints the CPU model and the vector instruction set of klflow's code (the
+host's, or the one ``NUMBA_CPU_NAME`` asks for; the peers are then asked for the same level where
+they can be: ``ATEN_CPU_CAPABILITY`` for PyTorch and Inductor, ``--xla_cpu_max_isa`` for JAX). It
+also reports the arithmetic alone on a cache-resident block, the peak resident memory each variant
+adds at the largest size, and the cost of a first call in a new process with a warm on-disk cache.
 """
 
 from __future__ import annotations
@@ -221,52 +227,128 @@ print(read("VmHWM:") - before)
 """
 
 
-TORCH_PROBE = """
-import json, statistics, sys, time
+PEER_PROBE = """
+import json, os, statistics, sys, time
 import numpy as np
-import torch
-dtype, log2, reps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(threads)
+peer, dtype, log2, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = np.random.default_rng(log2)
-x = torch.from_numpy(rng.standard_normal(1 << log2).astype(dtype))
-y = torch.from_numpy(rng.random(1 << log2).astype(dtype))
-kl = torch.nn.functional.kl_div
-def forward_backward():
-    leaf = x.detach().requires_grad_()
-    kl(leaf, y, reduction="sum").backward()
-times = {}
-for name, fn in [("torch sum", lambda: kl(x, y, reduction="sum")), ("torch fwd+bwd", forward_backward)]:
+x_np = rng.standard_normal(1 << log2).astype(dtype)
+y_np = rng.random(1 << log2).astype(dtype)
+batch = x_np.shape[0]  # 1-D data: batchmean divides by the length
+if peer.startswith("torch"):
+    import torch
+    torch.set_num_threads(threads)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    kl = torch.nn.functional.kl_div
+    compile_ = torch.compile if peer == "torch.compile" else (lambda f: f)
+    loss = {r: compile_(lambda a, b, r=r: kl(a, b, reduction=r)) for r in ("sum", "batchmean", "none")}
+    def forward_backward():
+        leaf = x.detach().requires_grad_()
+        loss["sum"](leaf, y).backward()
+        return leaf.grad
+    variants = {
+        "sum": lambda: loss["sum"](x, y),
+        "batchmean": lambda: loss["batchmean"](x, y),
+        "none": lambda: loss["none"](x, y),
+        "fwd+bwd": forward_backward,
+    }
+    version = torch.__version__
+else:
+    import jax
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    def elements(a, b):  # OneFlow's element: b > 0 ? b * (log b - a) : 0
+        positive = b > 0
+        return jnp.where(positive, b * (jnp.log(jnp.where(positive, b, 1)) - a), 0)
+    total = jax.jit(lambda a, b: jnp.sum(elements(a, b)))
+    mean_over_batch = jax.jit(lambda a, b: jnp.sum(elements(a, b)) / batch)
+    none = jax.jit(elements)
+    grad = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(elements(a, b))))
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    variants = {
+        "sum": lambda: total(x, y).block_until_ready(),
+        "batchmean": lambda: mean_over_batch(x, y).block_until_ready(),
+        "none": lambda: none(x, y).block_until_ready(),
+        "fwd+bwd": lambda: jax.block_until_ready(grad(x, y)),
+    }
+    version = jax.__version__
+for fn in variants.values():
+    fn()  # compile
     fn()
-    samples = []
-    for _ in range(reps):
+samples = {name: [] for name in variants}
+for _ in range(reps):  # interleaved rounds, as for klflow
+    for name, fn in variants.items():
         start = time.perf_counter()
         fn()
-        samples.append(time.perf_counter() - start)
-    times[name] = statistics.median(samples) * 1e3
-print(json.dumps(times))
+        samples[name].append(time.perf_counter() - start)
+print(json.dumps({"version": version, **{name: statistics.median(t) * 1e3 for name, t in samples.items()}}))
 """
 
+PEERS = ("torch", "torch.compile", "jax")
+PEER_MODULE = {"torch": "torch", "torch.compile": "torch", "jax": "jax"}
 
-def installed_torch_version() -> str | None:
-    """PyTorch's version, asked of a child process: importing it here would start its OpenMP
+
+def code_isa() -> tuple[str, str, dict]:
+    """(CPU model, the vector ISA of klflow's code, environment for the peers' children).
+
+    klflow's code is the host's unless ``NUMBA_CPU_NAME`` names another CPU; for an AVX2 level
+    the peers are asked for AVX2 code too, so that the comparison is between like instruction sets.
+    """
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    host_isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
+    cpu_name = os.environ.get("NUMBA_CPU_NAME", "")
+    peer_env: dict = {}
+    if cpu_name in ("", "host"):
+        isa = f"{host_isa} (host code)"
+    elif cpu_name in ("haswell", "x86-64-v3", "znver3", "znver2", "skylake"):
+        isa = f"AVX2 code (NUMBA_CPU_NAME={cpu_name}) on an {host_isa} CPU"
+        peer_env = {"ATEN_CPU_CAPABILITY": "avx2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
+    else:
+        isa = f"code for NUMBA_CPU_NAME={cpu_name} on an {host_isa} CPU"
+    return model, isa, peer_env
+
+
+def installed_version(peer: str) -> str | None:
+    """A peer's version, asked of a child process: importing PyTorch here would start its OpenMP
     workers in this process, and their spinning after each PyTorch call was seen to slow the
     next numba measurements by up to 10× on a two-core machine."""
+    module = PEER_MODULE[peer]
     done = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+        [sys.executable, "-c", f"import {module}; print({module}.__version__)"],
+        capture_output=True,
+        text=True,
     )
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def torch_times(dtype: str, log2: int, reps: int, threads: int) -> dict:
-    """Median ms of PyTorch's ``sum`` and forward+backward in a child process (same sizes and
-    distributions as the parent's arrays, same thread count), so that its threads stop with it."""
+def peer_times(peer: str, dtype: str, log2: int, reps: int, threads: int, env: dict) -> dict:
+    """Median ms of a peer's ``sum``, ``batchmean``, ``none`` and forward+backward in a child
+    process (same sizes and distributions as the parent's arrays, same thread count), so that
+    its threads stop with it; an empty dict (and a note) if it fails."""
+    environment = dict(os.environ, **env)
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+        environment.pop(name, None)
     done = subprocess.run(
-        [sys.executable, "-c", TORCH_PROBE, dtype, str(log2), str(reps), str(threads)],
+        [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(reps), str(threads)],
         capture_output=True,
         text=True,
-        check=True,
+        env=environment,
     )
-    return json.loads(done.stdout)
+    if done.returncode != 0:
+        print(f"{peer} failed at {dtype} 2^{log2}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return {}
+    times = json.loads(done.stdout.strip().splitlines()[-1])
+    times.pop("version", None)
+    return times
 
 
 def peak_growth_bytes(variant: str, log2: int) -> int:
@@ -308,33 +390,53 @@ def main() -> int:
     parser.add_argument("--step", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--peers", nargs="*", default=list(PEERS), choices=PEERS, help="peers to time (none: no peers)"
+    )
+    parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peers")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip peak memory, the arithmetic alone and the first call"
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     threads = flow.env.get_num_threads()
     numba.set_num_threads(threads)  # the floors' prange loops: as many threads as klflow's
-    torch_version = None if args.no_torch else installed_torch_version()
-    if not args.no_torch and torch_version is None:
-        print("PyTorch is not installed: its columns are skipped", file=sys.stderr)
+    model, isa, peer_env = code_isa()
+    peers: dict[str, str] = {}
+    for peer in args.peers:
+        if args.no_torch and PEER_MODULE[peer] == "torch":
+            continue
+        version = installed_version(peer)
+        if version is None:
+            print(f"{peer}: {PEER_MODULE[peer]} is not installed, its columns are skipped", file=sys.stderr)
+        else:
+            peers[peer] = version
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads",
-        "torch": torch_version,
+        "machine": f"{model}, {os.cpu_count()} cores, {threads} threads",
+        "isa": isa,
+        "peer_env": peer_env,
+        "peers": peers,
+        "torch": peers.get("torch") or peers.get("torch.compile"),
         "rows": [],
     }
-    print(f"{report['machine']}; torch {report['torch']}; {report['date']}", flush=True)
+    versions = ", ".join(f"{peer} {version}" for peer, version in peers.items()) or "no peers"
+    print(f"CPU: {model}, {os.cpu_count()} cores, {threads} threads; vector ISA: {isa}", flush=True)
+    print(f"{versions}; numba {numba.__version__}; {report['date']}", flush=True)
     rng = np.random.default_rng(0)
     header = (
-        f"{'dtype':<8} {'n':>9} {'read':>7} {'r+w':>7} {'log':>7} | {'sum':>7} {'×':>5} {'bmean':>7} {'none':>7} {'×':>5} "
-        f"{'fwd+bwd':>8} {'×':>5} | {'numpy':>8} {'torch':>8} {'t f+b':>8} | {'vs torch':>8}"
+        f"{'dtype':<8} {'n':>9} {'read':>7} {'r+w':>7} {'log':>7} | {'sum':>7} {'×':>5} {'bmean':>7} {'×':>5} "
+        f"{'none':>7} {'×':>5} {'fwd+bwd':>8} {'×':>5} | {'numpy':>8}"
     )
     print(
-        "times in ms; × columns: sum / read floor, none and fwd+bwd / read+write floor; "
-        "log: the targets' float64 log alone, no sum"
+        "times in ms; × columns: klflow / its floor (read floor for sum and batchmean, read+write "
+        "floor for none and fwd+bwd); log: the targets' float64 log alone, no sum; peer rows: "
+        "the peer's ms (peer ÷ klflow)"
     )
     print(header)
+    modes = ("sum", "batchmean", "none", "fwd+bwd")
     for dtype_name in args.dtypes:
         dtype = np.dtype(dtype_name)
         for log2 in range(args.min_log2, args.max_log2 + 1, args.step):
@@ -366,26 +468,33 @@ def main() -> int:
                 variants["read_write_floor_reused"] = lambda: read_write_floor(x, y, reused)
             row.update(interleaved_median_ms(variants, reps))
             row["numpy"] = median_ms(lambda: numpy_loss(x, y), max(3, reps // 2))
-            if torch_version is not None:
-                row.update(torch_times(dtype_name, log2, max(3, reps // 2), threads))
+            for peer in peers:
+                times = peer_times(peer, dtype_name, log2, max(3, reps // 2), threads, peer_env)
+                row.update({f"{peer} {mode}": ms for mode, ms in times.items()})
             report["rows"].append(row)
             rf, rw = row["read_floor"], row["read_write_floor"]
-            torch_sum = row.get("torch sum")
             print(
-                f"{dtype_name:<8} {n:>9} {rf:>7.2f} {rw:>7.2f} {row['log_floor']:>7.2f} | {row['sum']:>7.2f} {row['sum'] / rf:>5.2f} "
-                f"{row['batchmean']:>7.2f} {row['none']:>7.2f} {row['none'] / rw:>5.2f} "
-                f"{row['fwd+bwd']:>8.2f} {row['fwd+bwd'] / rw:>5.2f} | {row['numpy']:>8.2f} "
-                f"{torch_sum if torch_sum is not None else float('nan'):>8.2f} "
-                f"{row.get('torch fwd+bwd', float('nan')):>8.2f} | "
-                f"{(torch_sum / row['sum']) if torch_sum else float('nan'):>7.1f}×",
+                f"{dtype_name:<8} {n:>9} {rf:>7.2f} {rw:>7.2f} {row['log_floor']:>7.2f} | "
+                f"{row['sum']:>7.2f} {row['sum'] / rf:>5.2f} {row['batchmean']:>7.2f} {row['batchmean'] / rf:>5.2f} "
+                f"{row['none']:>7.2f} {row['none'] / rw:>5.2f} {row['fwd+bwd']:>8.2f} {row['fwd+bwd'] / rw:>5.2f} | "
+                f"{row['numpy']:>8.2f}",
                 flush=True,
             )
+            for peer in peers:
+                cells = []
+                for mode in modes:
+                    ms = row.get(f"{peer} {mode}")
+                    cells.append(f"{mode} {ms:.2f} ({ms / row[mode]:.2f}×)" if ms else f"{mode} -")
+                print(f"{'':<8} {'':>9}   {peer:<14} " + "  ".join(cells), flush=True)
 
+    if args.no_extras:
+        finish(report, args)
+        return 0
     # Peak memory at the largest size, float32, each variant in a fresh process.
     input_bytes = 4 << args.max_log2
     memory = {"input_bytes": input_bytes}
     for variant in ["klflow sum", "klflow fwd+bwd"] + (
-        ["torch sum", "torch fwd+bwd"] if torch_version else []
+        ["torch sum", "torch fwd+bwd"] if report["torch"] else []
     ):
         memory[variant] = peak_growth_bytes(variant, args.max_log2)
     report["memory"] = memory
@@ -412,11 +521,16 @@ def main() -> int:
     report["first_call_s"] = first_call_seconds()
     print(f"first call in a new process, warm on-disk cache (median of 5): {report['first_call_s']:.3f} s")
 
+    finish(report, args)
+    return 0
+
+
+def finish(report: dict, args: argparse.Namespace) -> None:
+    """Write the JSON report and the plot, where asked for."""
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.plot:
         plot(report, args.plot)
-    return 0
 
 
 def plot(report: dict, path: Path) -> None:
@@ -441,6 +555,10 @@ def plot(report: dict, path: Path) -> None:
             ("numpy", "x-"),
             ("torch sum", "d-"),
             ("torch fwd+bwd", "d--"),
+            ("torch.compile sum", "p-"),
+            ("torch.compile fwd+bwd", "p--"),
+            ("jax sum", "h-"),
+            ("jax fwd+bwd", "h--"),
         ]:
             if key in rows[0]:
                 label = {

@@ -6,7 +6,7 @@
 tensor(0.0627, dtype=klflow.float32)
 """
 
-from klflow import cuda, env, nn, sbp, utils
+from klflow import autograd, cuda, env, nn, sbp, utils
 from klflow.autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from klflow.creation import (
     full,
@@ -22,7 +22,8 @@ from klflow.creation import (
 )
 from klflow.device import device
 from klflow.distributed.placement import placement
-from klflow.dtypes import bfloat16, double, dtype, float, float16, float32, float64, half
+from klflow.dtypes import bfloat16, bool, double, dtype, float, float16, float32, float64, half
+from klflow.functions import exp, log, mean, sum
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.random import Generator, default_generator, initial_seed, manual_seed, seed
 from klflow.tensor import Size, Tensor, from_numpy, tensor
@@ -35,7 +36,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Generator",
     "Size",
+    "autograd",
     "bfloat16",
+    "bool",
     "cuda",
     "Tensor",
     "default_generator",
@@ -44,6 +47,7 @@ __all__ = [
     "dtype",
     "enable_grad",
     "env",
+    "exp",
     "float",
     "float16",
     "float32",
@@ -56,7 +60,9 @@ __all__ = [
     "half",
     "initial_seed",
     "is_grad_enabled",
+    "log",
     "manual_seed",
+    "mean",
     "nn",
     "no_grad",
     "ones",
@@ -70,6 +76,7 @@ __all__ = [
     "seed",
     "set_grad_enabled",
     "set_printoptions",
+    "sum",
     "tensor",
     "utils",
     "zeros",

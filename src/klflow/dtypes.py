@@ -1,8 +1,8 @@
-"""klflow's floating dtypes.
+"""klflow's dtypes: float16/32/64 for data, and ``bool`` for the results of comparisons.
 
 >>> import klflow as flow
->>> flow.float32, flow.float32.itemsize
-(klflow.float32, 4)
+>>> flow.float32, flow.float32.itemsize, flow.bool.is_floating_point
+(klflow.float32, 4, False)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class dtype:
 
     @property
     def is_floating_point(self) -> bool:
-        return True
+        return self.name != "bool"  # (ml_dtypes' bfloat16 is not of NumPy's kind "f")
 
     def __repr__(self) -> str:
         return f"klflow.{self.name}"
@@ -38,12 +38,21 @@ class dtype:
 float16 = dtype("float16", np.dtype(np.float16))
 float32 = dtype("float32", np.dtype(np.float32))
 float64 = dtype("float64", np.dtype(np.float64))
+bool_ = dtype("bool", np.dtype(np.bool_))  # what comparisons return (``klflow.bool``)
 # Host arrays of bfloat16 use ml_dtypes' NumPy dtype; losses compute on them as on float16.
 bfloat16 = dtype("bfloat16", np.dtype(ml_dtypes.bfloat16))
 half, float, double = float16, float32, float64  # OneFlow's aliases
 
 _BY_NUMPY = {d.numpy: d for d in (float16, float32, float64, bfloat16)}
 _NAMES = "float16, float32, float64, bfloat16"
+
+
+def of_array(np_dtype: Any) -> dtype:
+    """The klflow dtype of an array a tensor holds: a floating dtype, or bool."""
+    np_dtype = np.dtype(np_dtype)
+    if np_dtype == np.bool_:
+        return bool_
+    return from_numpy_dtype(np_dtype)
 
 
 def from_numpy_dtype(np_dtype: Any) -> dtype:
@@ -72,7 +81,7 @@ def resolve(value: Any) -> dtype:
         raise TypeError(
             f"dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16; got {value!r}"
         ) from None
-    return from_numpy_dtype(np_dtype)
+    return from_numpy_dtype(np_dtype)  # klflow.bool itself is accepted above, not NumPy's bool
 
 
 def check_device_supports(value: dtype, device: Any) -> None:
@@ -95,3 +104,6 @@ def cast_host(values: np.ndarray, dtype: dtype) -> np.ndarray:
 
         return round_to_bfloat16(values)
     return values.astype(dtype.numpy)
+
+
+bool = bool_  # noqa: A001 - OneFlow's name; after every use of the builtin above

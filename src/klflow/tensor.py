@@ -34,13 +34,39 @@ class Size(tuple):
         return f"klflow.Size({list(self)})"
 
 
-class Tensor:
-    """A multi-dimensional array of float16/32/64 or bfloat16 with OneFlow's tensor API.
+_INTERNAL_KEYWORDS = ("grad_fn", "global_info")
 
-    Build one with :func:`klflow.tensor` or :func:`klflow.from_numpy`. A *global* tensor (made by
-    :meth:`to_global`) also has a ``placement`` and an ``sbp`` and stands for the logical value
-    spread over the ranks of an MPI job; its methods that materialise data are collective.
+
+class _TensorType(type):
+    """``klflow.Tensor(...)`` as OneFlow's public constructor (float32 data, or an uninitialised
+    tensor of a shape); klflow's own code builds a tensor around an array with ``device=``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        internal = (
+            cls is not Tensor
+            or len(args) == 1
+            and (isinstance(kwargs.get("device"), Device) or any(k in kwargs for k in _INTERNAL_KEYWORDS))
+        )
+        if internal:
+            return super().__call__(*args, **kwargs)
+        return _public_tensor(args, kwargs)
+
+
+class Tensor(metaclass=_TensorType):
+    """A multi-dimensional array of float16/32/64, bfloat16 (or bool) with OneFlow's tensor API.
+
+    Build one with :func:`klflow.tensor` or :func:`klflow.from_numpy`; ``klflow.Tensor(data)``
+    copies data as float32 and ``klflow.Tensor(2, 3)`` makes an uninitialised float32 tensor, as
+    in OneFlow. A *global* tensor (made by :meth:`to_global`) also has a ``placement`` and an
+    ``sbp`` and stands for the logical value spread over the ranks of an MPI job; its methods
+    that materialise data are collective.
+
+    >>> import klflow as flow
+    >>> flow.Tensor([1, 2]).dtype, flow.Tensor(2, 3).shape
+    (klflow.float32, klflow.Size([2, 3]))
     """
+
+    __array_priority__ = 1000  # NumPy arrays defer to the tensor's reflected operators
 
     def __init__(
         self,
@@ -53,13 +79,13 @@ class Tensor:
     ) -> None:
         self._data = data  # numpy array (host) or CUDA device array: the local component
         self._device = device
-        self._dtype = dtypes.from_numpy_dtype(data.dtype)
+        self._dtype = dtypes.of_array(data.dtype)
         self._global = global_info
         # Numbered in program order: the identity that collectives' agreements compare.
         self._global_id = next_global_id() if global_info is not None else None
         self._fill_value = None  # set when every element is known to be this value (a seed)
         self.grad_fn = grad_fn
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self._requires_grad = bool(requires_grad) or grad_fn is not None
 
     # ----------------------------------------------------------------- metadata
@@ -129,14 +155,21 @@ class Tensor:
         """A tensor sharing this one's data, cut from the graph (``requires_grad=False``)."""
         return Tensor(self._data, device=self._device, global_info=self._global)
 
-    def backward(self, gradient: Tensor | Any | None = None, retain_graph: bool = False) -> None:
+    def backward(
+        self,
+        gradient: Tensor | Any | None = None,
+        retain_graph: bool | None = None,
+        create_graph: bool = False,
+    ) -> None:
         """Accumulate d(self)/d(leaf) × ``gradient`` into the ``.grad`` of every leaf.
 
         ``gradient`` may be omitted for a one-element tensor (it is then 1; for a global
-        partial-sum scalar, a *logical* 1). Without ``retain_graph`` the graph is freed. A
-        backward pass through global tensors is collective: every rank must call it, on the
-        same graph (checked before any data moves).
+        partial-sum scalar, a *logical* 1). Without ``retain_graph`` (default: ``create_graph``)
+        the graph is freed. With ``create_graph`` the gradients are recorded, so they can be
+        differentiated again. A backward pass through global tensors is collective: every rank
+        must call it, on the same graph (checked before any data moves).
         """
+        retain_graph = bool(create_graph) if retain_graph is None else bool(retain_graph)
         problem: Exception | None = None
         try:
             if not self.requires_grad:
@@ -162,11 +195,173 @@ class Tensor:
             seed = conversion.gradient_seed(self)
         else:
             seed = _converted_gradient(self, gradient)
-        graph.run_backward(self, seed, retain_graph)
+        graph.run_backward(self, seed, retain_graph, create_graph=bool(create_graph))
 
-    def _accumulate_grad(self, grad: Tensor) -> None:
-        grad = grad.detach()
-        self.grad = grad if self.grad is None else accumulate(self.grad, grad)
+    def _accumulate_grad(self, grad: Tensor, create_graph: bool = False) -> None:
+        if not create_graph:
+            grad = grad.detach()
+            self._grad = grad if self._grad is None else accumulate(self._grad, grad)
+        else:  # the gradient keeps its graph (it may be differentiated again)
+            self._grad = grad if self._grad is None else self._grad + grad
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (leaf tensors, and non-leaf ones after :meth:`retain_grad`)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None:
+            _check_assigned_grad(self, value)
+        self._grad = value
+
+    @grad.deleter
+    def grad(self) -> None:
+        self._grad = None
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` of this non-leaf tensor in the next backward passes (a no-op on a leaf)."""
+        if not self.requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        if self.grad_fn is not None:
+            graph.retain_output(self)
+
+    @property
+    def retains_grad(self) -> bool:
+        node = self.grad_fn
+        ref = getattr(node, "retained_output", None) if node is not None else None
+        return ref is not None and ref() is self
+
+    # ----------------------------------------------------------------- arithmetic
+    def __add__(self, other: Any) -> Tensor:
+        return _binary("add", self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _binary("add", other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _binary("sub", self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _binary("sub", other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _binary("mul", self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _binary("mul", other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _binary("div", self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _binary("div", other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _binary("pow", self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _binary("pow", other, self)
+
+    def __neg__(self) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.unary("neg", self)
+
+    def __pos__(self) -> Tensor:
+        return self
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _binary("eq", self, other)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _binary("ne", self, other)
+
+    def __lt__(self, other: Any) -> Tensor:
+        return _binary("lt", self, other)
+
+    def __le__(self, other: Any) -> Tensor:
+        return _binary("le", self, other)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return _binary("gt", self, other)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return _binary("ge", self, other)
+
+    __hash__ = object.__hash__  # by identity, as PyTorch's (== is elementwise)
+
+    def add(self, other: Any) -> Tensor:
+        return self + other
+
+    def sub(self, other: Any) -> Tensor:
+        return self - other
+
+    def mul(self, other: Any) -> Tensor:
+        return self * other
+
+    def div(self, other: Any) -> Tensor:
+        return self / other
+
+    def pow(self, exponent: Any) -> Tensor:
+        return self**exponent
+
+    def neg(self) -> Tensor:
+        return -self
+
+    def eq(self, other: Any) -> Tensor:
+        return self == other
+
+    def ne(self, other: Any) -> Tensor:
+        return self != other
+
+    def lt(self, other: Any) -> Tensor:
+        return self < other
+
+    def le(self, other: Any) -> Tensor:
+        return self <= other
+
+    def gt(self, other: Any) -> Tensor:
+        return self > other
+
+    def ge(self, other: Any) -> Tensor:
+        return self >= other
+
+    def exp(self) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.unary("exp", self)
+
+    def log(self) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.unary("log", self)
+
+    def sum(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
+        """The exact sum over all elements or ``dim`` (correctly rounded; see ``klflow.ops.sums``)."""
+        from klflow.ops import sums
+
+        return sums.reduce(self, dim, keepdim)
+
+    def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
+        from klflow.ops import sums
+
+        return sums.reduce(self, dim, keepdim, mean=True)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.reshape(self, arithmetic.shape_arguments(shape))
+
+    def view(self, *shape: Any) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.reshape(self, arithmetic.shape_arguments(shape), op_name="view")
+
+    def clone(self) -> Tensor:
+        from klflow.ops import arithmetic
+
+        return arithmetic.clone(self)
 
     # ----------------------------------------------------------------- data access
     def numpy(self) -> np.ndarray:
@@ -455,7 +650,7 @@ def tensor(
             out = Tensor(_copy_data(out), device=out.device)
         out.requires_grad = requires_grad
         return out
-    out = Tensor(_host_array(data, resolved, copy=True))
+    out = Tensor(_host_array(data, resolved, copy=True), device=CPU)
     if target_device is not None and target_device.type != "cpu":
         out = out.to(target_device)
     out.requires_grad = requires_grad
@@ -486,7 +681,7 @@ def from_numpy(array: np.ndarray) -> Tensor:
             f"from_numpy cannot share memory with an array in non-native byte order "
             f"({array.dtype.str}); use klflow.tensor(array), which converts it"
         )
-    return Tensor(array)
+    return Tensor(array, device=CPU)
 
 
 def as_tensor_arg(value: Any, name: str) -> Tensor:
@@ -502,7 +697,7 @@ def as_tensor_arg(value: Any, name: str) -> Tensor:
         host = _host_array(value, None, copy=False)
     except TypeError as err:
         raise TypeError(f"{name}: {err}") from None
-    return Tensor(host)
+    return Tensor(host, device=CPU)
 
 
 def _check_gradient(t: Tensor, gradient: Tensor) -> None:
@@ -529,3 +724,79 @@ def accumulate(a: Tensor, b: Tensor) -> Tensor:
     from klflow import conversion
 
     return conversion.add(a, b)
+
+
+def _binary(op: str, a: Any, b: Any) -> Tensor:
+    from klflow.ops import arithmetic
+
+    if arithmetic.operand(a) is None or arithmetic.operand(b) is None:
+        return NotImplemented
+    return arithmetic.binary(op, a, b)
+
+
+def _public_tensor(args: tuple, kwargs: dict) -> Tensor:
+    """OneFlow's ``Tensor(data)`` (a float32 copy) and ``Tensor(*shape)`` (uninitialised)."""
+    device = kwargs.pop("device", None)
+    requires_grad = kwargs.pop("requires_grad", False)
+    if kwargs:
+        raise TypeError(f"Tensor() got unexpected keyword arguments {sorted(kwargs)}")
+    shape_like = all(isinstance(a, int) and not isinstance(a, bool) for a in args)
+    if len(args) == 1 and isinstance(args[0], Size):
+        shape_like, args = True, tuple(args[0])
+    elif not args:
+        args = (0,)  # Tensor(): an empty 1-D tensor, as PyTorch's
+    if shape_like:
+        if any(a < 0 for a in args):
+            raise RuntimeError(f"Trying to create tensor with negative dimension: {list(args)}")
+        out = Tensor(np.empty(tuple(args), dtype=np.float32), device=CPU)
+        out = out.to(device) if device is not None else out
+    elif len(args) == 1:
+        out = tensor(args[0], dtype=dtypes.float32, device=device)
+    else:
+        raise TypeError(
+            f"Tensor() takes one data argument or integer sizes; got {len(args)} arguments of types "
+            f"{[type(a).__name__ for a in args]}"
+        )
+    out.requires_grad = requires_grad
+    return out
+
+
+def _check_assigned_grad(t: Tensor, value: Any) -> None:
+    """PyTorch's checks (and messages) for ``t.grad = value``."""
+    if not isinstance(value, Tensor):
+        name = type(value).__module__ + "." + type(value).__qualname__
+        name = name.removeprefix("builtins.")
+        raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of type {name}")
+    if value.dtype != t.dtype:
+        raise RuntimeError(
+            f"attempting to assign a gradient with dtype '{value.dtype}' to a tensor with dtype "
+            f"'{t.dtype}'. Please ensure that the gradient and the tensor have the same dtype"
+        )
+    if value.device.type != t.device.type:
+        raise RuntimeError(
+            f"attempting to assign a gradient with device type '{value.device.type}' to a tensor with "
+            f"device type '{t.device.type}'. Please ensure that the gradient and the tensor are on the "
+            f"same device"
+        )
+    if value.device != t.device:
+        raise RuntimeError(
+            f"attempting to assign a gradient located on device with index '{value.device.index}' to "
+            f"a tensor located on device with index '{t.device.index}'. Please ensure that the "
+            f"gradient and the tensor are on the same device"
+        )
+    if tuple(value.shape) != tuple(t.shape):
+        raise RuntimeError(
+            f"attempting to assign a gradient of size '{list(value.shape)}' to a tensor of size "
+            f"'{list(t.shape)}'. Please ensure that the gradient and the tensor are the same size"
+        )
+    if value.is_global != t.is_global:
+        raise RuntimeError(
+            f"attempting to assign a {'global' if value.is_global else 'local'} gradient to a "
+            f"{'global' if t.is_global else 'local'} tensor. Please ensure that the gradient is "
+            f"global exactly when the tensor is"
+        )
+    if t.is_global and value.placement != t.placement:
+        raise RuntimeError(
+            f"attempting to assign a gradient on {value.placement!r} to a tensor on {t.placement!r}. "
+            f"Please ensure that the gradient and the tensor have the same placement"
+        )

@@ -30,7 +30,7 @@ from reference import (
     exact_sum as reference_sum,
 )
 
-from klflow.kernels import cpu, exact_sum, pool, rounding
+from klflow.kernels import cpu, exact_sum, fastmath, pool, rounding
 from klflow.kernels.bounded_sum import BoundedSum
 
 DTYPES = [np.float16, np.float32, np.float64]
@@ -421,6 +421,25 @@ def test_non_finite_terms_take_the_exact_path(bad):
     assert value.tobytes() == exact_value.tobytes()
     expected = {np.nan: np.nan, np.inf: -np.inf, -np.inf: np.inf}[bad]
     np.testing.assert_equal(float(value), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+def test_infinite_targets_take_the_exact_path_and_give_its_terms(dtype):
+    # The bounded kernel skips the +inf select of the term: for y = +inf its stand-in log is a
+    # finite number (log(2**1024) here), and where x equals it the term there is NaN instead of
+    # inf * (inf - x) = inf. A non-finite term sends the sum to the exact path, which gives inf.
+    stand_in = float(fastmath.log64_normal(np.inf))
+    x = np.array([-1.0, stand_in, 0.5, 2.0], dtype)
+    y = np.array([0.5, np.inf, np.inf, 0.25], dtype)
+    if dtype == np.float32:  # (the helper takes float32 arrays only)
+        assert _bounded(x, y, False) is None
+    for with_grad in (False, True):
+        coef = 1.0 if with_grad else None
+        (value, _, grad), (exact_value, _, exact_grad) = fast_and_exact(x, y, False, 1, coef)
+        assert value.tobytes() == exact_value.tobytes()
+        assert float(value) == reference_sum(kl_elements(x, y, False)) == np.inf
+        if with_grad:
+            np.testing.assert_array_equal(grad, exact_grad)
 
 
 @settings(max_examples=200, deadline=None)

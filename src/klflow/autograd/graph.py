@@ -15,9 +15,10 @@ summing the gradients that meet at a node, and accumulates into the ``.grad`` of
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,25 +32,95 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
-@contextlib.contextmanager
-def set_grad_enabled(mode: bool) -> Iterator[None]:
-    """Context manager that turns graph recording on or off, restoring the old mode on exit."""
-    previous = is_grad_enabled()
-    _state.enabled = bool(mode)
-    try:
-        yield
-    finally:
-        _state.enabled = previous
+class set_grad_enabled:
+    """Turn graph recording on or off: as a plain call (``set_grad_enabled(False)`` switches it
+    off until switched on again), as a context manager (restores the old mode on exit) and as a
+    decorator, like PyTorch's.
+
+    >>> import klflow as flow
+    >>> _ = flow.set_grad_enabled(False); flow.is_grad_enabled()
+    False
+    >>> _ = flow.set_grad_enabled(True); flow.is_grad_enabled()
+    True
+    """
+
+    def __init__(self, mode: bool) -> None:
+        self.previous = is_grad_enabled()
+        self.mode = bool(mode)
+        _state.enabled = self.mode
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        _state.enabled = self.previous
+
+    def __call__(self, function: Callable) -> Callable:
+        # As a decorator: the mode applies while the function runs (the call above already set
+        # it at decoration time, as PyTorch's does; restore that).
+        _state.enabled = self.previous
+        mode = self.mode
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _GradMode(mode):
+                return function(*args, **kwargs)
+
+        return wrapper
 
 
-def no_grad() -> contextlib.AbstractContextManager[None]:
-    """Context manager under which no backward graph is recorded."""
-    return set_grad_enabled(False)
+class _GradMode:
+    """A context manager and decorator that sets the grad mode on entry and restores it on exit."""
+
+    mode = True
+
+    def __init__(self, mode: bool | None = None) -> None:
+        if mode is not None:
+            self.mode = mode
+
+    def __new__(cls, *args: Any) -> Any:
+        # ``@no_grad`` without parentheses: the class receives the function itself.
+        if len(args) == 1 and callable(args[0]) and not isinstance(args[0], bool):
+            return cls()(args[0])
+        return super().__new__(cls)
+
+    def __enter__(self) -> None:
+        self.previous = is_grad_enabled()
+        _state.enabled = self.mode
+
+    def __exit__(self, *exc: Any) -> None:
+        _state.enabled = self.previous
+
+    def __call__(self, function: Callable) -> Callable:
+        mode = self.mode
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _GradMode(mode):
+                return function(*args, **kwargs)
+
+        return wrapper
 
 
-def enable_grad() -> contextlib.AbstractContextManager[None]:
-    """Context manager that records a backward graph even inside :func:`no_grad`."""
-    return set_grad_enabled(True)
+class no_grad(_GradMode):
+    """No backward graph is recorded inside: ``with flow.no_grad():``, ``@flow.no_grad()`` or
+    ``@flow.no_grad``.
+
+    >>> import klflow as flow
+    >>> @flow.no_grad
+    ... def recorded():
+    ...     return flow.is_grad_enabled()
+    >>> recorded(), flow.is_grad_enabled()
+    (False, True)
+    """
+
+    mode = False
+
+
+class enable_grad(_GradMode):
+    """A backward graph is recorded inside, even within :class:`no_grad` (also a decorator)."""
+
+    mode = True
 
 
 class Node:
@@ -91,10 +162,11 @@ class Node:
         return self.name()
 
 
-def _topological_order(root: Node) -> list[Node]:
+def _topological_order(root: Node | Sequence[Node]) -> list[Node]:
+    roots = [root] if isinstance(root, Node) else list(root)
     order: list[Node] = []
     seen: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
+    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
     while stack:
         node, expanded = stack.pop()
         if expanded:
@@ -109,6 +181,44 @@ def _topological_order(root: Node) -> list[Node]:
                 stack.append((tensor.grad_fn, False))
     order.reverse()  # outputs before the nodes that produced their inputs
     return order
+
+
+class FunctionNode(Node):
+    """A node whose backward is a function of the output's gradient, written with klflow's own
+    differentiable operations (so a backward pass with ``create_graph=True`` records the graph of
+    the gradient itself). ``layout`` is the output's global layout, or None for a local output."""
+
+    def __init__(
+        self,
+        op_name: str,
+        inputs: Sequence[Tensor | None],
+        gradients: Callable[[Tensor], Sequence[Tensor | None]],
+        layout: Any = None,
+    ) -> None:
+        super().__init__(inputs)
+        self.op_name = op_name
+        self._gradients: Callable[[Tensor], Sequence[Tensor | None]] | None = gradients
+        self.layout = layout
+        self.is_global = layout is not None
+
+    def placements(self) -> list[Any]:
+        return [self.layout.placement]
+
+    def signature(self) -> str:
+        if self.layout is None:
+            return self.name()
+        flags = "".join("1" if self.needs_input_grad(i) else "0" for i in range(len(self.inputs)))
+        return f"{self.name()}[{self.layout.describe()}, grads {flags}]"
+
+    def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        if self._gradients is None:
+            raise _released_problem()
+        grads = tuple(self._gradients(grad_output))
+        return tuple(g if self.needs_input_grad(i) else None for i, g in enumerate(grads))
+
+    def release(self) -> None:
+        super().release()
+        self._gradients = None
 
 
 _collective_backward: Callable[..., None] | None = None
@@ -161,30 +271,79 @@ def agree_on_backward(root: Tensor, gradient_given: bool, retain_graph: bool, pr
     _collective_backward(root, gradient_given, retain_graph, problem)
 
 
-def run_backward(root: Tensor, grad: Tensor, retain_graph: bool) -> None:
-    """Propagate ``grad`` (d loss / d root) to every leaf reachable from ``root``."""
+def run_backward(
+    root: Tensor | Sequence[Tensor],
+    grad: Tensor | Sequence[Tensor],
+    retain_graph: bool,
+    create_graph: bool = False,
+    capture: Sequence[Tensor] | None = None,
+) -> list[Tensor | None] | None:
+    """Propagate ``grad`` (d loss / d root; one per root) to every leaf reachable from ``root``.
+
+    With ``create_graph`` the gradients are computed by recorded operations (their own graph can
+    be differentiated again). With ``capture`` (the tensors :func:`klflow.autograd.grad` asks
+    about) nothing is accumulated into ``.grad``: the gradient reaching each captured tensor is
+    returned instead (None where none arrives).
+    """
     from klflow.tensor import accumulate
 
-    if root.grad_fn is None:
-        # A leaf asked for its own gradient: accumulate directly.
-        root._accumulate_grad(grad)
-        return
-    pending: dict[int, Tensor] = {id(root.grad_fn): grad}
-    for node in _topological_order(root.grad_fn):
-        grad_output = pending.pop(id(node), None)
-        if grad_output is None:
-            continue
-        if node.released:
-            raise _released_problem()
-        with no_grad():
-            input_grads = node.backward(grad_output)
-        if not retain_graph:
-            node.release()
-        for tensor, input_grad in zip(node.inputs, input_grads, strict=True):
-            if tensor is None or input_grad is None or not tensor.requires_grad:
-                continue
-            if tensor.grad_fn is None:
-                tensor._accumulate_grad(input_grad)
-            else:
-                key = id(tensor.grad_fn)
-                pending[key] = input_grad if key not in pending else accumulate(pending[key], input_grad)
+    roots = [root] if not isinstance(root, (list, tuple)) else list(root)
+    grads = [grad] if not isinstance(grad, (list, tuple)) else list(grad)
+
+    def add(a: Tensor | None, b: Tensor) -> Tensor:
+        if a is None:
+            return b
+        return a + b if create_graph else accumulate(a, b)
+
+    captured: dict[int, Tensor | None] = {}
+    capture_ids = {id(t) for t in capture} if capture is not None else set()
+    captured_nodes = {id(t.grad_fn): id(t) for t in capture or () if t.grad_fn is not None}
+
+    def reach_leaf(tensor: Tensor, g: Tensor) -> None:
+        if capture is not None:
+            if id(tensor) in capture_ids:
+                captured[id(tensor)] = add(captured.get(id(tensor)), g)
+            return
+        tensor._accumulate_grad(g, create_graph)
+
+    pending: dict[int, Tensor] = {}
+    for r, g in zip(roots, grads, strict=True):
+        if r.grad_fn is None:
+            reach_leaf(r, g)  # a leaf asked for its own gradient
+        else:
+            key = id(r.grad_fn)
+            pending[key] = add(pending.get(key), g)
+    live_roots = [r.grad_fn for r in roots if r.grad_fn is not None]
+    if live_roots:
+        with set_grad_enabled(create_graph):
+            for node in _topological_order(live_roots):
+                grad_output = pending.pop(id(node), None)
+                if grad_output is None:
+                    continue
+                if node.released:
+                    raise _released_problem()
+                if id(node) in captured_nodes:
+                    captured[captured_nodes[id(node)]] = grad_output
+                retained = getattr(node, "retained_output", None)
+                retained = retained() if retained is not None else None
+                if retained is not None and capture is None:
+                    retained._accumulate_grad(grad_output, create_graph)
+                input_grads = node.backward(grad_output)
+                if not retain_graph:
+                    node.release()
+                for tensor, input_grad in zip(node.inputs, input_grads, strict=True):
+                    if tensor is None or input_grad is None or not tensor.requires_grad:
+                        continue
+                    if tensor.grad_fn is None:
+                        reach_leaf(tensor, input_grad)
+                    else:
+                        key = id(tensor.grad_fn)
+                        pending[key] = add(pending.get(key), input_grad)
+    if capture is None:
+        return None
+    return [captured.get(id(t)) for t in capture]
+
+
+def retain_output(tensor: Tensor) -> None:
+    """Make the backward pass keep ``tensor.grad`` for a non-leaf tensor (``retain_grad()``)."""
+    tensor.grad_fn.retained_output = weakref.ref(tensor)

@@ -36,6 +36,7 @@ from klflow.kernels.bounded_sum import BOUNDED_DTYPES, BoundedSum, add_any_order
 from klflow.kernels.fastmath import exp64, log64, log64_normal, log64_positive
 from klflow.kernels.jit import jit, variant
 from klflow.kernels.rounding import bounded_value, finish
+from klflow.kernels.vector_width import use_full_vector_width
 
 BLOCK = 2048  # terms buffered per exact-sum step: small enough to stay in L1, large to amortise
 assert BLOCK <= bounded_sum.BLOCK_LIMIT  # the bounded fast path sums a BLOCK at a time
@@ -109,6 +110,17 @@ def _term(x, y):
 
 
 @jit(inline="always")
+def _term_unless_infinite_target(x, y):
+    """``_term`` for a target that is not ``+inf``; for one that is, a non-finite value (NaN or
+    an infinity) that is not necessarily ``_term``'s. The bounded path uses it: a non-finite term
+    leaves the block's magnitude sum non-finite, and an unproven result is recomputed exactly
+    with ``_term`` (:func:`klflow.kernels.rounding.bounded_value`), so the select is not needed."""
+    wide_y = widen(y)
+    # For y = +inf, y * (finite - x) is an infinity or NaN whatever the finite log stands in.
+    return kl_term(widen(x), wide_y, log_finite_positive(y))
+
+
+@jit(inline="always")
 def _term_log_target(x, y):
     """The loss element of two array elements as stored, log-probability target."""
     wide_y = widen(y)
@@ -127,12 +139,14 @@ def _term_and_input_grad_log_target(x, y, coef):
 # Each kernel is built for one case (log_target, fused gradient, ...): the flags are closure
 # constants, so numba drops the other cases' loops before compiling, and a call compiles only
 # the loop it runs. Each runs serially on the slice it is given and releases the GIL; the
-# launchers below hand the slices to the threads of :mod:`klflow.kernels.pool`.
+# launchers below hand the slices to the threads of :mod:`klflow.kernels.pool`. Each asks for
+# 512-bit vectors where the CPU has them (:mod:`klflow.kernels.vector_width`).
 def _make_sum_kernel(log_target: bool, with_grad: bool) -> Callable:
     def sum_kernel(x, y, coef, grad, state, buffer):
         """Add the terms of ``x``/``y`` exactly into ``state`` (and, ``with_grad``, write grad =
         coef × d element/d x in the same pass), ``BLOCK`` terms at a time through ``buffer``.
         The caller allocates both (numba's allocation routines cost compile time)."""
+        use_full_vector_width()
         for start in range(0, x.size, BLOCK):
             stop = start + BLOCK if start + BLOCK < x.size else x.size
             count = stop - start
@@ -174,6 +188,7 @@ def _make_bounded_kernel(log_target: bool, with_grad: bool) -> Callable:
         """The bounded fast path (:mod:`klflow.kernels.bounded_sum`): add the float64 sum of each
         ``BLOCK`` of terms exactly into ``state`` and return the running total of their
         magnitude sums; with ``with_grad``, also write the fused gradient."""
+        use_full_vector_width()
         magnitude_total = 0.0
         for start in range(0, x.size, BLOCK):
             stop = start + BLOCK if start + BLOCK < x.size else x.size
@@ -196,7 +211,7 @@ def _make_bounded_kernel(log_target: bool, with_grad: bool) -> Callable:
                     magnitude = add_any_order(magnitude, abs(term))
             else:
                 for i in range(count):
-                    term = _term(xs[i], ys[i])
+                    term = _term_unless_infinite_target(xs[i], ys[i])
                     total = add_any_order(total, term)
                     magnitude = add_any_order(magnitude, abs(term))
                 if with_grad:
@@ -213,6 +228,7 @@ def _make_bounded_kernel(log_target: bool, with_grad: bool) -> Callable:
 
 def _make_pointwise_kernel(log_target: bool) -> Callable:
     def pointwise_kernel(x, y, out):
+        use_full_vector_width()
         if log_target:
             for i in range(x.size):
                 out[i] = narrow(out, _term_log_target(x[i], y[i]))
@@ -225,6 +241,7 @@ def _make_pointwise_kernel(log_target: bool) -> Callable:
 
 def _make_input_grad_kernel(log_target: bool, per_element: bool) -> Callable:
     def input_grad_kernel(y, upstream, coef, out):
+        use_full_vector_width()
         # ``upstream`` is y-shaped (reduction='none') or holds one float64 (a reduced loss).
         scale = coef * widen(upstream[0])
         if per_element and log_target:
@@ -246,6 +263,7 @@ def _make_input_grad_kernel(log_target: bool, per_element: bool) -> Callable:
 
 def _make_target_grad_kernel(log_target: bool, per_element: bool) -> Callable:
     def target_grad_kernel(x, y, upstream, coef, out):
+        use_full_vector_width()
         scale = coef * widen(upstream[0])
         if per_element and log_target:
             for i in range(y.size):

@@ -188,8 +188,9 @@ class LocalToGlobalNode(_GlobalNode):
         self.spec = spec
 
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad = box(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}")
-        return (Tensor(grad._data, device=grad.device),)
+        # redistributed/to_local record only under backward(create_graph=True)
+        grad = redistributed(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}")
+        return (to_local(grad),)
 
 
 class GlobalToLocalNode(_GlobalNode):
@@ -205,8 +206,12 @@ class GlobalToLocalNode(_GlobalNode):
         # Along broadcast (and partial) axes each rank used the whole piece: the gradient there is
         # the sum of the ranks' gradients.
         sbp = tuple(s if s.is_split else sbp_module.partial_sum for s in self.spec.sbp)
-        grad = make_global(host(grad_output), self.spec.with_sbp(sbp))
-        return (box(grad, gradient_spec(self.spec), f"backward() through {self.name()}"),)
+        partial_spec = self.spec.with_sbp(sbp)
+        grad = make_global(host(grad_output), partial_spec)
+        if grad_output.requires_grad and graph.is_grad_enabled():  # backward(create_graph=True)
+            grad.grad_fn = LocalToGlobalNode(grad_output, partial_spec)
+            grad._requires_grad = True
+        return (redistributed(grad, gradient_spec(self.spec), f"backward() through {self.name()}"),)
 
 
 class BoxingNode(_GlobalNode):
@@ -223,7 +228,7 @@ class BoxingNode(_GlobalNode):
         return [self.spec.placement, self.target.placement]
 
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        return (box(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}"),)
+        return (redistributed(grad_output, gradient_spec(self.spec), f"backward() through {self.name()}"),)
 
 
 # ----------------------------------------------------------------- operations

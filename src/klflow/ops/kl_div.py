@@ -75,11 +75,55 @@ class KlDivBackward(graph.Node):
         if self.needs_input_grad(1):
             data = self.backend.target_grad_array(self.x, self.y, upstream, self.coef, self.log_target)
             grads[1] = Tensor(data, device=self.device)
+        if graph.is_grad_enabled():  # backward(create_graph=True): the gradients get a graph
+            input, target = self.inputs
+            record_gradient_graph(grads, input, target, grad_output, self.log_target, self.coef)
         return tuple(grads)
 
     def release(self) -> None:
         super().release()
         self.x = self.y = self.fused_input_grad = None
+
+
+def record_gradient_graph(
+    grads: list[Tensor | None], x: Tensor, y: Tensor, g: Tensor, log_target: bool, coef: float
+) -> None:
+    """Give the loss's gradients (computed by the fused kernels, so the values keep their bits)
+    a graph of differentiable operations, for ``backward(create_graph=True)``:
+
+    * ``log_target=False``: d/dx = -coef·g·[y > 0]·y, d/dy = coef·g·(log y + 1 - x);
+    * ``log_target=True``: d/dx = -coef·g·e^y, d/dy = coef·g·e^y·(y - x + 1).
+
+    ``g`` is the upstream gradient (a scalar for a reduced loss), ``coef`` the reduction's scale.
+    """
+    from klflow.ops.arithmetic import _record, to_layout_of
+
+    def partials_of_input_grad(gg: Tensor) -> tuple[Tensor | None, ...]:
+        if log_target:
+            d_y = -coef * (g * y.exp())
+            d_g = -coef * y.exp()
+        else:
+            mask = y > 0
+            d_y = -coef * (g * mask)
+            d_g = -coef * (y * mask)
+        return (None, to_layout_of(gg * d_y, y), to_layout_of(gg * d_g, g))
+
+    def partials_of_target_grad(gg: Tensor) -> tuple[Tensor | None, ...]:
+        if log_target:
+            e = y.exp()
+            d_x = -coef * (g * e)
+            d_y = coef * (g * (e * (y - x + 2.0)))
+            d_g = coef * (e * (y - x + 1.0))
+        else:
+            d_x = -coef * g
+            d_y = coef * (g / y)
+            d_g = coef * (y.log() + 1.0 - x)
+        return (to_layout_of(gg * d_x, x), to_layout_of(gg * d_y, y), to_layout_of(gg * d_g, g))
+
+    if grads[0] is not None:
+        _record(grads[0], "kl_div_input_grad", [None, y, g], partials_of_input_grad)
+    if grads[1] is not None:
+        _record(grads[1], "kl_div_target_grad", [x, y, g], partials_of_target_grad)
 
 
 def _local_upstream(grad_output: Tensor, reduction: str) -> Any:
@@ -189,7 +233,7 @@ class GlobalLossNode(graph.Node):
         return f"{self.name()}[{layouts}, grads {flags}]"
 
     def backward(self, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad = global_tensors.box(
+        grad = global_tensors.redistributed(  # recorded only under backward(create_graph=True)
             grad_output, global_tensors.gradient_spec(self.out_spec), f"backward() through {self.name()}"
         )
         if self.local_node is None:  # this rank holds no component
@@ -199,11 +243,19 @@ class GlobalLossNode(graph.Node):
             )
         local_grad = Tensor(grad._data, device=grad.device)
         local_grad._fill_value = grad._fill_value
-        local_grads = self.local_node.backward(local_grad)
-        return tuple(
+        create_graph = graph.is_grad_enabled()
+        with graph.no_grad():
+            local_grads = self.local_node.backward(local_grad)
+        grads = [
             None if g is None else Tensor(g._data, device=g.device, global_info=spec)
             for g, spec in zip(local_grads, self.input_specs, strict=True)
-        )
+        ]
+        if create_graph:
+            input, target = self.inputs
+            record_gradient_graph(
+                grads, input, target, grad, self.local_node.log_target, self.local_node.coef
+            )
+        return tuple(grads)
 
     def release(self) -> None:
         super().release()

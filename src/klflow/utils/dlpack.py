@@ -293,6 +293,7 @@ def from_dlpack(ext: Any) -> Tensor:
     klflow.float16
     """
     from klflow import dtypes
+    from klflow.device import CPU
     from klflow.tensor import Tensor
 
     if isinstance(ext, Tensor):
@@ -321,7 +322,7 @@ def from_dlpack(ext: Any) -> Tensor:
         raise BufferError(f"klflow imports DLPack data on the host or a CUDA device, not on {producer!r}")
     array = np.from_dlpack(producer)
     dtypes.from_numpy_dtype(array.dtype)  # TypeError naming a dtype klflow does not hold
-    return Tensor(array)
+    return Tensor(array, device=CPU)
 
 
 def device_type_of(producer: Any) -> int:

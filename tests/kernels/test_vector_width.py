@@ -1,0 +1,90 @@
+"""Every CPU kernel asks for 512-bit vectors, for itself only, and gets them where the CPU has them.
+
+The bits of the kernels do not depend on the vector width: tests/kernels/test_isa_levels.py runs
+the same cases at every ISA level (``x86-64-v4`` and an AVX-512 host with 512-bit vectors,
+``haswell`` with 256-bit ones) and compares the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from llvmlite import binding as llvm
+from numba import njit
+
+from klflow.kernels import cpu, exact_sum
+from klflow.kernels.vector_width import PREFERRED_WIDTH_ATTRIBUTE, use_full_vector_width
+
+HOST_FEATURES = {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+_ZMM = re.compile(r"%zmm\d+")
+
+
+def _arguments(kind: str) -> tuple:
+    a = np.linspace(0.1, 2.0, 64).astype(np.float32)
+    if kind == "bounded":
+        return a, a, 0.5, a.copy(), exact_sum.new_state()
+    if kind == "sum":
+        return a, a, 0.5, a.copy(), exact_sum.new_state(), np.empty(cpu.BLOCK)
+    if kind == "pointwise":
+        return a, a, a.copy()
+    if kind == "input-grad":
+        return a, np.ones(1), 0.5, a.copy()
+    return a, a, np.ones(1), 0.5, a.copy()
+
+
+KERNELS = [
+    pytest.param(cpu._make_bounded_kernel, (False, False), "bounded", id="bounded-prob"),
+    pytest.param(cpu._make_bounded_kernel, (True, True), "bounded", id="bounded-log-grad"),
+    pytest.param(cpu._make_sum_kernel, (False, True), "sum", id="exact-prob-grad"),
+    pytest.param(cpu._make_pointwise_kernel, (False,), "pointwise", id="none-prob"),
+    pytest.param(cpu._make_input_grad_kernel, (True, False), "input-grad", id="input-grad-log"),
+    pytest.param(cpu._make_target_grad_kernel, (False, False), "target-grad", id="target-grad-prob"),
+]
+
+
+def _fresh(make, flags, kind):
+    """The kernel compiled afresh (a cached dispatcher cannot show its IR) and run once."""
+    kernel = njit(nogil=True)(make(*flags))
+    kernel(*_arguments(kind))
+    return kernel, kernel.signatures[0]
+
+
+def _attributes_of(ir_text: str, function_name_part: str) -> str:
+    """The attribute text of the defined LLVM function whose name contains the given part."""
+    groups = dict(re.findall(r"^attributes (#\d+) = \{(.*)\}$", ir_text, flags=re.MULTILINE))
+    for line in ir_text.splitlines():
+        if line.startswith("define") and function_name_part in line:
+            return " ".join(groups.get(ref, "") for ref in re.findall(r"#\d+", line)) + line
+    raise AssertionError(f"no function {function_name_part!r} in the IR")
+
+
+@pytest.mark.parametrize(("make", "flags", "kind"), KERNELS)
+def test_every_kernel_asks_for_full_width_vectors(make, flags, kind):
+    kernel, signature = _fresh(make, flags, kind)
+    name = kernel.py_func.__name__
+    assert PREFERRED_WIDTH_ATTRIBUTE in _attributes_of(kernel.inspect_llvm(signature), name)
+
+
+def test_the_request_is_for_the_calling_function_only():
+    @njit
+    def asks(values):
+        use_full_vector_width()
+        return values.sum()
+
+    @njit
+    def plain(values):
+        return asks(values) + values.sum()
+
+    values = np.arange(4.0)
+    assert plain(values) == 12.0
+    ir_text = plain.inspect_llvm(plain.signatures[0])
+    assert PREFERRED_WIDTH_ATTRIBUTE not in _attributes_of(ir_text, "plain")
+
+
+@pytest.mark.skipif(not {"avx512f", "avx512dq"} <= HOST_FEATURES, reason="CPU without AVX-512")
+@pytest.mark.parametrize(("make", "flags", "kind"), KERNELS[:4])
+def test_kernels_use_512_bit_registers_on_avx512(make, flags, kind):
+    kernel, signature = _fresh(make, flags, kind)
+    assert _ZMM.search(kernel.inspect_asm(signature))

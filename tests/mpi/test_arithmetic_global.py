@@ -1,0 +1,208 @@
+"""Arithmetic, reductions and second derivatives on global tensors: the SBP rules, and values and
+gradients with the single-process bits on any number of ranks (and on a 2-D mesh)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_everywhere, raises_everywhere
+from helpers import as_global, seeded
+
+import klflow as flow
+import klflow.nn.functional as F
+from klflow.distributed.layout import GlobalSpec
+
+S0, S1, B, P = flow.sbp.split(0), flow.sbp.split(1), flow.sbp.broadcast, flow.sbp.partial_sum
+
+
+def _same(got: np.ndarray, want: np.ndarray) -> bool:
+    got, want = np.asarray(got), np.asarray(want)
+    return got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
+def _losses(sbp, dtype=np.float32):
+    x, y = seeded((7, 5), dtype, seed=1), seeded((7, 5), dtype, seed=2, positive=True)
+    t = seeded((7, 5), dtype, seed=3, positive=True)
+    gx, gy, gt = as_global(x, sbp), as_global(y, sbp), as_global(t, sbp)
+    lx, ly, lt = flow.from_numpy(x), flow.from_numpy(y), flow.from_numpy(t)
+    return (F.kl_div(gx, gy, "sum"), F.kl_div(gx, gt, "batchmean")), (
+        F.kl_div(lx, ly, "sum"),
+        F.kl_div(lx, lt, "batchmean"),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("sbp", [S0, S1, B], ids=str)
+def test_combined_losses_have_the_single_process_bits(sbp, dtype):
+    (g1, g2), (l1, l2) = _losses(sbp, dtype)
+    cases = {
+        "l1 + l2": (g1 + g2, l1 + l2),
+        "l1 - l2": (g1 - l2 if False else g1 - g2, l1 - l2),
+        "l1 * 0.5": (g1 * 0.5, l1 * 0.5),
+        "l1 / 7": (g1 / 7, l1 / 7),
+        "-l1": (-g1, -l1),
+        "l1 + 1": (g1 + 1.0, l1 + 1.0),
+        "3 - l2": (3.0 - g2, 3.0 - l2),
+        "(l1 + l2) * 0.25 + l1 / 3": ((g1 + g2) * 0.25 + g1 / 3, (l1 + l2) * 0.25 + l1 / 3),
+        "l1.sum()": (g1.sum(), l1.sum()),
+    }
+    for name, (got, want) in cases.items():
+        expected_sbp = (P,) if sbp.is_split else (B,)
+        assert_everywhere(got.sbp == expected_sbp, f"{name}: sbp {got.sbp}")
+        value = got.numpy()
+        assert_everywhere(_same(value, want.numpy()), f"{name}: {value} vs {want.numpy()}")
+        assert_everywhere(got.item() == want.item(), f"{name}: item")
+
+
+def test_gradient_of_combined_losses_matches_single_process():
+    x = seeded((7, 5), np.float32, seed=4)
+    y = seeded((7, 5), np.float32, seed=5, positive=True)
+    gx = as_global(x, S0, requires_grad=True)
+    lx = flow.tensor(x, requires_grad=True)
+    ((F.kl_div(gx, as_global(y, S0), "sum") * 0.5 + F.kl_div(gx, as_global(y, S0), "mean")) / 3).backward()
+    (
+        (F.kl_div(lx, flow.from_numpy(y), "sum") * 0.5 + F.kl_div(lx, flow.from_numpy(y), "mean")) / 3
+    ).backward()
+    assert_everywhere(gx.grad.sbp == (S0,), f"grad sbp {gx.grad.sbp}")
+    assert_everywhere(_same(gx.grad.numpy(), lx.grad.numpy()), "gradient bits")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "sbp,dim,keepdim,want_sbp",
+    [
+        (S0, None, False, P),
+        (S0, 0, False, P),
+        (S0, 1, False, S0),
+        (S1, 1, True, P),
+        (S1, 0, False, S0),
+        (B, (0, 1), False, B),
+        (P, 1, False, P),
+    ],
+    ids=str,
+)
+def test_reductions_follow_the_rules_and_keep_the_single_process_bits(sbp, dim, keepdim, want_sbp, dtype):
+    values = seeded((7, 6), dtype, seed=6) * np.asarray(10.0, dtype) ** np.arange(6).astype(dtype)
+    t = as_global(values, sbp)
+    local = flow.from_numpy(values)
+    for mean in (False, True):
+        got = t.mean(dim, keepdim) if mean else t.sum(dim, keepdim)
+        want = local.mean(dim, keepdim) if mean else local.sum(dim, keepdim)
+        assert_everywhere(got.sbp == (want_sbp,), f"sbp {got.sbp}")
+        if sbp.is_partial_sum:  # plain components (no record): the float all-reduce
+            assert_everywhere(np.allclose(got.numpy(), want.numpy(), rtol=1e-5), "value")
+        else:
+            assert_everywhere(_same(got.numpy(), want.numpy()), f"{got.numpy()} vs {want.numpy()}")
+
+
+@pytest.mark.parametrize(
+    "a_sbp,b_shape,b_sbp,want",
+    [
+        (S0, (7, 5), S0, S0),
+        (S0, (7, 5), S1, S0),
+        (S1, (5,), B, S1),
+        (S0, (5,), B, S0),
+        (B, (7, 5), S1, S1),
+        (S0, (1, 5), B, S0),
+        (B, (7, 1), S0, S0),
+    ],
+    ids=str,
+)
+def test_binary_ops_values_sbp_and_gradients(a_sbp, b_shape, b_sbp, want):
+    a = seeded((7, 5), np.float64, seed=7)
+    b = seeded(b_shape, np.float64, seed=8) + 3.0
+    ga, gb = as_global(a, a_sbp, requires_grad=True), as_global(b, b_sbp, requires_grad=True)
+    la, lb = flow.tensor(a, requires_grad=True), flow.tensor(b, requires_grad=True)
+    gout = (ga * gb - ga / gb) + 2.0
+    lout = (la * lb - la / lb) + 2.0
+    assert_everywhere(gout.sbp == (want,), f"sbp {gout.sbp}")
+    assert_everywhere(_same(gout.numpy(), lout.numpy()), "values")
+    (gout.exp() * 0.001).sum().backward()
+    (lout.exp() * 0.001).sum().backward()
+    assert_everywhere(ga.grad.sbp == (a_sbp,) and gb.grad.sbp == (b_sbp,), f"{ga.grad.sbp} {gb.grad.sbp}")
+    assert_everywhere(_same(ga.grad.numpy(), la.grad.numpy()), "grad a")
+    assert_everywhere(_same(gb.grad.numpy(), lb.grad.numpy()), f"grad b {gb.grad.numpy()} {lb.grad.numpy()}")
+
+
+def test_partial_times_broadcast_stays_partial_and_exact():
+    (g1, _), (l1, _) = _losses(S0)
+    w = seeded((3,), np.float32, seed=9)
+    got = g1 * as_global(w, B)
+    assert_everywhere(got.sbp == (P,), f"sbp {got.sbp}")
+    assert_everywhere(_same(got.numpy(), (l1 * flow.from_numpy(w)).numpy()), "value")
+    cmp = as_global(w, B) > g1
+    assert_everywhere(cmp.dtype == flow.bool and cmp.sbp == (B,), f"{cmp.dtype} {cmp.sbp}")
+
+
+def test_reshape_keeps_a_split_where_it_can():
+    values = seeded((6, 4), np.float32, seed=10)
+    t = as_global(values, S0)
+    kept = t.reshape(6, 2, 2)
+    flat = as_global(values, S1).reshape(-1)
+    assert_everywhere(kept.sbp == (S0,) and flat.sbp == (B,), f"{kept.sbp} {flat.sbp}")
+    assert_everywhere(
+        _same(kept.numpy(), values.reshape(6, 2, 2)) and _same(flat.numpy(), values.reshape(-1)), ""
+    )
+
+
+def test_mismatched_placements_are_one_error_everywhere(world):
+    _, size = world
+    if size < 2:
+        pytest.skip("needs two placements")
+    a = flow.tensor([1.0, 2.0]).to_global(flow.placement("cpu", [0]), B)
+    b = flow.tensor([1.0, 2.0]).to_global(flow.placement.all("cpu"), B)
+    raises_everywhere(RuntimeError, "needs both tensors on one placement", lambda: a + b)
+    raises_everywhere(RuntimeError, "both tensors local or both global", lambda: b + flow.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("reduction", ["sum", "batchmean", "none"])
+def test_second_derivatives_of_the_loss_match_single_process(reduction, log_target):
+    x = seeded((5, 3), np.float64, seed=11) * 0.5
+    y = seeded((5, 3), np.float64, seed=12, positive=not log_target) * (1.0 if log_target else 0.9) + (
+        0.0 if log_target else 0.1
+    )
+    v = seeded((5, 3), np.float64, seed=13)
+
+    def hessian_vector(tx, ty, vv, weights):
+        loss = F.kl_div(tx, ty, reduction=reduction, log_target=log_target)
+        if reduction == "none":
+            loss = (loss * weights).sum()
+        gx, gy = flow.autograd.grad(loss, [tx, ty], create_graph=True)
+        return flow.autograd.grad((gx * vv).sum() + (gy * vv).sum(), [tx, ty], allow_unused=True)
+
+    w = seeded((5, 3), np.float64, seed=14, positive=True)
+    gx, gy = as_global(x, S0, requires_grad=True), as_global(y, S0, requires_grad=True)
+    global_h = hessian_vector(gx, gy, as_global(v, S0), as_global(w, S0))
+    local_h = hessian_vector(
+        flow.tensor(x, requires_grad=True), flow.tensor(y, requires_grad=True), flow.tensor(v), flow.tensor(w)
+    )
+    for got, want in zip(global_h, local_h, strict=True):
+        assert_everywhere((got is None) == (want is None), "unused inputs differ")
+        if got is not None:
+            assert_everywhere(got.sbp == (S0,), f"sbp {got.sbp}")
+            values = got.numpy()
+            assert_everywhere(np.allclose(values, want.numpy(), rtol=1e-13, atol=1e-15), "hessian-vector")
+
+
+def test_combined_losses_on_a_mesh(world):
+    _, size = world
+    if size != 4:
+        pytest.skip("the 2×2 mesh needs 4 ranks")
+    mesh = flow.placement("cpu", [[0, 1], [2, 3]])
+    x, y = seeded((6, 4), np.float32, seed=15), seeded((6, 4), np.float32, seed=16, positive=True)
+    me = flow.env.get_rank()
+    spec = GlobalSpec(mesh, (S0, S1), x.shape)
+    gx = flow.from_numpy(np.array(x[spec.component_slices_of(me)])).to_global(mesh, (S0, S1))
+    gy = flow.from_numpy(np.array(y[spec.component_slices_of(me)])).to_global(mesh, (S0, S1))
+    l1 = F.kl_div(gx, gy, "sum")
+    l2 = F.kl_div(gx, gy, "mean")
+    got = (l1 + l2 * 0.5) / 3
+    want = (
+        F.kl_div(flow.from_numpy(x), flow.from_numpy(y), "sum")
+        + F.kl_div(flow.from_numpy(x), flow.from_numpy(y), "mean") * 0.5
+    ) / 3
+    assert_everywhere(got.sbp == (P, P), f"sbp {got.sbp}")
+    assert_everywhere(_same(got.numpy(), want.numpy()), "mesh value")
+    s = gx.sum(0)
+    assert_everywhere(s.sbp == (P, S0) and _same(s.numpy(), flow.from_numpy(x).sum(0).numpy()), f"{s.sbp}")
