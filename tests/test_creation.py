@@ -125,7 +125,8 @@ def test_a_failed_call_does_not_advance_the_generator():
 def test_own_generator_leaves_the_default_alone():
     flow.manual_seed(1)
     expected = flow.rand(5).numpy()
-    g = flow.Generator(1)
+    g = flow.Generator("cpu").manual_seed(1)
+    assert flow.Generator().initial_seed() == flow.Generator("cuda").initial_seed() == 67280421310721
     flow.manual_seed(1)
     np.testing.assert_array_equal(flow.rand(5, generator=g).numpy(), expected)
     np.testing.assert_array_equal(flow.rand(5).numpy(), expected)  # the default was not drawn from

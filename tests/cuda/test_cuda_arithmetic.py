@@ -36,6 +36,13 @@ def test_binary_ops_match_the_cpu_bit_for_bit(op, dtype):
         assert gpu.numpy().tobytes() == cpu.numpy().tobytes()
 
 
+def test_zero_dim_tensors_and_scalars():
+    for dtype in FLOATS:
+        t = flow.tensor(np.array(1.25, dtype), device="cuda")
+        for got, want in ((t * 0.5, 0.625), (3.0 - t, 1.75), (t / t, 1.0), (t > 1.0, True)):
+            assert got.is_cuda and got.shape == () and got.item() == want
+
+
 def test_mixed_dtypes_and_unary_ops():
     a = flow.tensor(_data((4,), np.float16, 3), device="cuda")
     b = flow.tensor(_data((4,), np.float32, 4), device="cuda")

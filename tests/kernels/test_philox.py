@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import klflow as flow
@@ -152,3 +152,38 @@ def test_low_precision_uniforms_lie_on_their_grid():
     half = flow.rand(4096, dtype=flow.float16).numpy().astype(np.float64)
     assert np.all(half * 2**11 == np.floor(half * 2**11))
     assert len(np.unique(half)) > 1500  # of 2048 possible values
+
+
+@st.composite
+def boxes(draw):
+    """A logical shape (0 to 3 dims) and a sub-box of it, as a component's [start, stop) ranges."""
+    shape = draw(st.lists(st.integers(0, 7), min_size=0, max_size=3))
+    ranges = []
+    for n in shape:
+        start = draw(st.integers(0, n))
+        ranges.append((start, draw(st.integers(start, n))))
+    return tuple(shape), ranges
+
+
+@settings(deadline=None)  # the first example of each case compiles its kernel
+@given(boxes(), st.booleans(), st.sampled_from([53, 24, 11, 8]), st.data())
+@example(((3, 5), [(1, 3), (2, 5)]), False, 24, None)
+@example(((), []), True, 53, None)
+def test_a_component_holds_its_slice_of_the_logical_value(box, normal, bits, data):
+    from klflow.ops.creation import _strides
+
+    shape, ranges = box
+    args = (np.array([a for a, _ in ranges], np.int64), np.array([b - a for a, b in ranges], np.int64))
+    n = int(np.prod([b - a for a, b in ranges], dtype=np.int64))
+    whole = np.empty(int(np.prod(shape, dtype=np.int64)))
+    kernel = philox.fill_kernel(normal, bits)
+    key_and_call = (7, 1, 3, 0)
+    kernel(whole, 0, whole.size, np.zeros(len(shape), np.int64), np.array(shape, np.int64), _strides(shape),
+           *key_and_call)  # fmt: skip
+    piece = np.full(n, np.nan)
+    # Filled in two pieces cut anywhere, as the worker threads cut it.
+    cut = data.draw(st.integers(0, n)) if data is not None else n // 2
+    for lo, hi in ((0, cut), (cut, n)):
+        kernel(piece, lo, hi, *args, _strides(shape), *key_and_call)
+    expected = whole.reshape(shape)[tuple(slice(a, b) for a, b in ranges)].reshape(-1)
+    assert piece.tobytes() == expected.tobytes()
