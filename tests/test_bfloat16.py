@@ -252,3 +252,18 @@ def test_rounding_in_pieces_on_worker_threads_is_the_serial_rounding():
         pool.set_thread_count(previous)
     assert serial.tobytes() == threaded.tobytes()
     assert [float(v) for v in serial[:50]] == [round_reference(float(v)) for v in values[:50]]
+
+
+@pytest.mark.parametrize(
+    "tail,expected",
+    [(0.0, 1.0), (2.0**-60, 1.0078125), (-(2.0**-60), 1.0)],
+    ids=["tie-to-even", "just-above", "just-below"],
+)
+def test_sums_closer_to_a_tie_than_the_bound_are_decided_exactly(tail, expected):
+    # 1 + 2**-8 is a bfloat16 tie; a tail of 2**-60 lies far inside the fast path's error bound.
+    x = as_bf16([-1.0, -(2.0**-8), -tail])
+    ones = as_bf16([1.0, 1.0, 1.0])
+    assert F.kl_div(flow.from_numpy(x), flow.from_numpy(ones), reduction="sum").item() == expected
+    xt = flow.from_numpy(x.copy()).requires_grad_()
+    fused = F.kl_div(xt, flow.from_numpy(ones), reduction="sum")  # the fused-gradient path
+    assert fused.item() == expected
