@@ -250,3 +250,15 @@ def test_modules_have_no_parameters_and_keep_dim_in_state():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m(flow.tensor([1.0, 2.0]))  # an explicit dim: no warning
+
+
+def test_signed_zero_maxima_do_not_depend_on_order_or_split():
+    rows = np.array([[-0.0, 0.0, -0.0], [0.0, -0.0, -0.0], [-0.0, -0.0, -0.0]], np.float64)
+    maxima = kernels.row_maxima(rows)
+    assert [np.signbit(m) for m in maxima] == [False, False, True]
+    pieces = [kernels.row_maxima(np.ascontiguousarray(rows[:, i : i + 1])) for i in range(3)]
+    from klflow.ops.softmax import _combined_maxima
+
+    assert _combined_maxima(np.stack(pieces)).tobytes() == maxima.tobytes()
+    out = F.log_softmax(flow.tensor(rows[:, ::-1].copy()), dim=1).numpy()
+    assert out[:, ::-1].tobytes() == F.log_softmax(flow.tensor(rows), dim=1).numpy().tobytes()

@@ -129,6 +129,9 @@ def _launch(kernel: Any, n: int, *args: Any) -> None:
 
 def _broadcast_strides(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
     """Element strides of a C-contiguous array of ``shape`` read as ``out_shape`` (0 where broadcast)."""
+    extra = len(shape) - len(out_shape)  # a (1,)-shaped scalar read into a 0-dim output
+    if extra > 0:
+        shape = shape[extra:]
     strides = [0] * len(out_shape)
     step = 1
     offset = len(out_shape) - len(shape)

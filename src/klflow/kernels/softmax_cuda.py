@@ -33,11 +33,13 @@ _SHARED = base.MAX_BLOCK  # shared-memory slots for a block's tree (the largest 
 if base.SIMULATED:
     from klflow.kernels import pyfloat
 
-    _mul_add = pyfloat.fma
+    _mul_add, _divide = pyfloat.fma, pyfloat.divide
 else:
-    _mul_add = base._fused_multiply_add
+    _mul_add, _divide = base._fused_multiply_add, base._divide
 
-_formula = softmax_formula.compiled_for(functools.partial(cuda.jit, device=True), mul_add=_mul_add)
+_formula = softmax_formula.compiled_for(
+    functools.partial(cuda.jit, device=True), mul_add=_mul_add, divide=_divide
+)
 combine_max = _formula.combine_max
 log_softmax_value = _formula.log_softmax_value
 softmax_value = _formula.softmax_value

@@ -130,13 +130,23 @@ class _RowGroup:
             return local
         with self.communicator.collective(f"{call}: row maxima") as region:
             gathered = region.allgatherv(local, [local.size] * self.communicator.size)
-        return gathered.reshape(self.communicator.size, local.size).max(axis=0)  # NaN propagates
+        return _combined_maxima(gathered.reshape(self.communicator.size, local.size))
 
     def states(self, local: np.ndarray, call: str, what: str) -> np.ndarray:
         if self.communicator is None:
             return local
         with self.communicator.collective(f"{call}: {what}") as region:
             return region.allreduce_sum(local)
+
+
+def _combined_maxima(maxima: np.ndarray) -> np.ndarray:
+    """The rows' maxima over the ranks' rows of maxima, as one row's kernel finds them: NaN if any
+    rank saw one, and +0.0 above -0.0 (the larger order-preserving key of the bits)."""
+    bits = maxima.view(np.int64)
+    keys = bits ^ ((bits >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))
+    largest = keys.max(axis=0)
+    out = (largest ^ ((largest >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+    return np.where(np.isnan(maxima).any(axis=0), np.nan, out)
 
 
 def _host(data: Any) -> np.ndarray:
