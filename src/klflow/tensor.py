@@ -291,6 +291,31 @@ class Tensor(metaclass=_TensorType):
 
     __hash__ = object.__hash__  # by identity, as PyTorch's (== is elementwise)
 
+    # In place (``p -= lr * p.grad`` under no_grad updates the parameter itself, as in PyTorch).
+    def __iadd__(self, other: Any) -> Tensor:
+        return _in_place("add", self, other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return _in_place("sub", self, other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return _in_place("mul", self, other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return _in_place("div", self, other)
+
+    def add_(self, other: Any) -> Tensor:
+        return _in_place("add", self, other)
+
+    def sub_(self, other: Any) -> Tensor:
+        return _in_place("sub", self, other)
+
+    def mul_(self, other: Any) -> Tensor:
+        return _in_place("mul", self, other)
+
+    def div_(self, other: Any) -> Tensor:
+        return _in_place("div", self, other)
+
     def add(self, other: Any) -> Tensor:
         return self + other
 
@@ -732,6 +757,43 @@ def _binary(op: str, a: Any, b: Any) -> Tensor:
     if arithmetic.operand(a) is None or arithmetic.operand(b) is None:
         return NotImplemented
     return arithmetic.binary(op, a, b)
+
+
+def _in_place(op: str, t: Tensor, other: Any) -> Tensor:
+    """``t op= other``: the result written into ``t``'s own memory (its shape, dtype and layout)."""
+    from klflow.ops import arithmetic
+
+    if arithmetic.operand(other) is None:
+        return NotImplemented
+    other_grad = isinstance(other, Tensor) and other.requires_grad
+    if graph.is_grad_enabled() and (t.requires_grad or other_grad):
+        if t.requires_grad and t.grad_fn is None:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        raise RuntimeError(
+            "klflow records no in-place operations on tensors of a graph; use the out-of-place form "
+            f"(x = x {arithmetic._SYMBOL[op]} y) or run it under klflow.no_grad()"
+        )
+    with graph.no_grad():
+        out = arithmetic.binary(op, t, other)
+    if tuple(out.shape) != tuple(t.shape):
+        raise RuntimeError(
+            f"output with shape {list(t.shape)} doesn't match the broadcast shape {list(out.shape)}"
+        )
+    if t.is_global and out._global.layout() != t._global.layout():
+        raise RuntimeError(
+            f"an in-place {arithmetic._SYMBOL[op]} would change the tensor's layout from "
+            f"{t._global.describe()} to {out._global.describe()}; use the out-of-place form"
+        )
+    if out.dtype != t.dtype:
+        out = out.to(t.dtype)
+    if t.is_cuda:
+        t._data.copy_to_device(out._data)
+    else:
+        t._data[...] = out._data
+    if t.is_global:
+        t._global = out._global  # the layout is the same; an exact partial record comes along
+    t._fill_value = None
+    return t
 
 
 def _public_tensor(args: tuple, kwargs: dict) -> Tensor:

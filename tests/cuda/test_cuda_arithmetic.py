@@ -65,3 +65,11 @@ def test_sums_and_gradients_on_the_device():
     assert x.grad.is_cuda and x.grad.numpy().tobytes() == xc.grad.numpy().tobytes()
     assert x.reshape(5, 3).is_cuda and x.reshape(-1).numpy().tolist() == values.ravel().tolist()
     assert x.clone().numpy().tobytes() == values.tobytes()
+
+
+def test_in_place_ops_on_the_device():
+    t = flow.tensor(np.array([1.0, 2.0], np.float32), device="cuda")
+    same = t
+    t += 1.0
+    t *= flow.tensor([2.0, 3.0], device="cuda")
+    assert t is same and t.is_cuda and t.tolist() == [4.0, 9.0]

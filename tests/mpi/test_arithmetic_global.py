@@ -260,3 +260,19 @@ def test_arithmetic_on_a_cuda_placement_has_the_cpu_bits():
     out.backward()
     want.backward()
     assert_everywhere(gx.grad.to_local().is_cuda and _same(gx.grad.numpy(), lx.grad.numpy()), "gradient")
+
+
+def test_in_place_steps_on_global_tensors():
+    (g1, _), (l1, _) = _losses(S0)
+    g1 *= 0.5  # a partial-sum loss keeps its exact record
+    assert_everywhere(g1.sbp == (P,) and _same(g1.numpy(), (l1 * 0.5).numpy()), "scaled loss")
+    x = seeded((7, 5), np.float32, seed=19)
+    y = seeded((7, 5), np.float32, seed=20, positive=True)
+    w = as_global(x, S0, requires_grad=True)
+    lw = flow.tensor(x, requires_grad=True)
+    F.kl_div(w, as_global(y, S0), "batchmean").backward()
+    F.kl_div(lw, flow.from_numpy(y), "batchmean").backward()
+    with flow.no_grad():
+        w -= 0.1 * w.grad
+        lw -= 0.1 * lw.grad
+    assert_everywhere(w.sbp == (S0,) and _same(w.numpy(), lw.numpy()), "updated parameter")
