@@ -61,6 +61,8 @@ class WidenedBackend:
     the values the float16 path computes for its inputs; the reductions add the same terms
     exactly and round the exact sum once (or divide its correctly rounded float64 value), as for
     float16, and outputs and gradients are rounded straight from float64, never through float32.
+    A reduction without the fused gradient runs on float32 copies (exact) instead, to take the
+    bounded fast path: the same terms, and a bfloat16 result the bound proves (or the exact one).
     """
 
     __name__ = "klflow.ops.backend.WidenedBackend"
@@ -74,6 +76,20 @@ class WidenedBackend:
     def reduce(
         self, x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
     ) -> tuple[Any, Partial, Any]:
+        if grad_coef is None:
+            # float32 holds every bfloat16 exactly and its kernels compute the same float64 terms,
+            # through the bounded fast path; the bound then decides the bfloat16 result itself.
+            _, partial, _ = self.inner.reduce(
+                np.asarray(x).astype(np.float32), np.asarray(y).astype(np.float32), log_target, divisor
+            )
+            found = self.inner.host_partial(partial)
+            if not isinstance(found, BoundedSum):
+                return rounding.finish(found, divisor, BFLOAT16), partial, None
+            value = rounding.bounded_value(found.state, found.magnitude_total, divisor, BFLOAT16)
+            if value is not None:
+                return value, partial, None
+            state, _ = self.reduce_sum(x, y, log_target)  # not proven: add every term exactly
+            return rounding.finish(state, divisor, BFLOAT16), state, None
         state, grad = self.inner.reduce_sum(widen(x), widen(y), log_target, grad_coef)
         return rounding.finish(state, divisor, BFLOAT16), state, _narrowed(grad)
 
