@@ -42,9 +42,9 @@ class _TensorType(type):
     tensor of a shape); klflow's own code builds a tensor around an array with ``device=``."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        internal = (
-            cls is not Tensor
-            or len(args) == 1
+        internal = cls is not Tensor or (
+            len(args) == 1
+            and hasattr(args[0], "dtype")  # an array (host or device) to wrap
             and (isinstance(kwargs.get("device"), Device) or any(k in kwargs for k in _INTERNAL_KEYWORDS))
         )
         if internal:

@@ -262,3 +262,9 @@ def test_signed_zero_maxima_do_not_depend_on_order_or_split():
     assert _combined_maxima(np.stack(pieces)).tobytes() == maxima.tobytes()
     out = F.log_softmax(flow.tensor(rows[:, ::-1].copy()), dim=1).numpy()
     assert out[:, ::-1].tobytes() == F.log_softmax(flow.tensor(rows), dim=1).numpy().tobytes()
+
+
+def test_top_level_names_as_oneflow():
+    x = flow.tensor([[1.0, 2.0], [0.0, 0.0]])
+    assert flow.softmax(x, dim=1).numpy().tobytes() == F.softmax(x, dim=1).numpy().tobytes()
+    assert flow.log_softmax(x, dim=0).numpy().tobytes() == F.log_softmax(x, dim=0).numpy().tobytes()
