@@ -24,6 +24,7 @@ from klflow.device import device
 from klflow.distributed.placement import placement
 from klflow.dtypes import bfloat16, bool, double, dtype, float, float16, float32, float64, half
 from klflow.functions import exp, log, mean, sum
+from klflow.nn.functional import log_softmax, softmax
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.random import Generator, default_generator, initial_seed, manual_seed, seed
 from klflow.tensor import Size, Tensor, from_numpy, tensor
@@ -60,6 +61,7 @@ __all__ = [
     "half",
     "initial_seed",
     "is_grad_enabled",
+    "log_softmax",
     "log",
     "manual_seed",
     "mean",
@@ -76,6 +78,7 @@ __all__ = [
     "seed",
     "set_grad_enabled",
     "set_printoptions",
+    "softmax",
     "sum",
     "tensor",
     "utils",
