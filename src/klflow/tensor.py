@@ -406,10 +406,11 @@ class Tensor(metaclass=_TensorType):
             return cuda.to_host(self._data)
         return self._data
 
-    def item(self) -> float:
+    def item(self) -> float | bool:
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
-        return float(self._value("item()").reshape(()))
+        value = self._value("item()").reshape(())
+        return bool(value) if self._dtype == dtypes.bool_ else float(value)
 
     def tolist(self) -> Any:
         return self._value("tolist()").tolist()
