@@ -92,3 +92,11 @@ def test_errors():
         kt.kl_div(x, [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="placement and sbp go together"):
         kt.kl_div(x, x, placement=object())
+
+
+def test_a_second_torch_derivative_is_refused_not_wrong():
+    x = torch.randn(3, requires_grad=True)
+    loss = kt.kl_div(x, torch.rand(3), reduction="sum")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        g.sum().backward()

@@ -12,7 +12,9 @@ PyTorch job launched with ``mpiexec`` gets klflow's reproducible, distributed KL
 ``loss.backward()`` reaches its own model. A reduced loss is the logical value on every rank;
 ``reduction='none'`` returns this rank's component. Every rank must make the same calls.
 
-Needs PyTorch (``pip install klflow[torch]``); klflow itself never imports it.
+Torch gets first derivatives: a second one through this loss is refused (its gradient carries no
+torch graph; klflow's own tensors have second derivatives). Needs PyTorch
+(``pip install klflow[torch]``); klflow itself never imports it.
 
 >>> import torch, klflow.torch
 >>> x = torch.tensor([[-1.0, -0.5]], requires_grad=True)
@@ -83,6 +85,7 @@ class _KLDiv(torch.autograd.Function):
         return torch.as_tensor(np.array(value), device=input.device)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # klflow's gradient has no torch graph
     def backward(ctx, grad_output):
         x, y, loss, placement, reduction = ctx.klflow
         if not loss.requires_grad:

@@ -54,13 +54,27 @@ def _out_shape(shape: Sequence[int], dims: Sequence[int], keepdim: bool) -> tupl
     return tuple(n for d, n in enumerate(shape) if d not in dims)
 
 
-def _states(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
-    """Exact states of the sums over ``dims``, shaped (*kept dims, STATE_LEN)."""
+def _rows(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """``values`` as a 2-D array: one row per output element, the reduced dims along it."""
     kept = [d for d in range(values.ndim) if d not in dims]
     moved = np.transpose(values, (*kept, *dims)) if values.ndim else values
-    kept_shape = tuple(values.shape[d] for d in kept)
-    rows = math.prod(kept_shape)
-    states = exact_rows.row_states(np.reshape(moved, (rows, -1)) if rows else np.zeros((0, 1)))
+    rows = math.prod(values.shape[d] for d in kept)
+    return np.reshape(moved, (rows, -1)) if rows else np.zeros((0, 1), values.dtype)
+
+
+def _round_sums(values: np.ndarray, dims: Sequence[int], divisor: int) -> np.ndarray:
+    """The rounded sums over ``dims`` (not all dims), read in place where the reduced dims lead
+    (column sums) or trail (row sums) in memory, else from a transposed copy."""
+    if values.flags.c_contiguous and tuple(dims) == tuple(range(len(dims))):
+        kept = math.prod(values.shape[len(dims) :])
+        return exact_rows.round_row_sums(values.reshape(-1, kept), divisor, values.dtype, columns=True)
+    return exact_rows.round_row_sums(_rows(values, dims), divisor, values.dtype)
+
+
+def _states(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """Exact states of the sums over ``dims``, shaped (*kept dims, STATE_LEN)."""
+    kept_shape = tuple(n for d, n in enumerate(values.shape) if d not in dims)
+    states = exact_rows.row_states(_rows(values, dims))
     return states.reshape((*kept_shape, states.shape[-1]))
 
 
@@ -81,7 +95,7 @@ def host_reduce(values: np.ndarray, dims: Sequence[int], keepdim: bool, divisor:
     if len(dims) == values.ndim:
         rounded, _ = _whole_sum(values, divisor)
     else:
-        rounded = exact_rows.round_rows(_states(values, dims), divisor, values.dtype)
+        rounded = _round_sums(values, dims, divisor)
     return rounded.reshape(_out_shape(values.shape, dims, keepdim))
 
 
