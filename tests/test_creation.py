@@ -85,8 +85,10 @@ def test_requires_grad_makes_a_leaf():
         (lambda: flow.rand(2, generator=5), TypeError, r"generator must be a klflow.Generator, got int"),
         (lambda: flow.zeros(2, out=None), TypeError, r"unexpected keyword arguments \['out'\]"),
         (lambda: flow.zeros_like(np.zeros(2)), TypeError, r"must be a klflow Tensor, not ndarray"),
-        (lambda: flow.rand(2, dtype=flow.bool), TypeError, r"rand\(\): random values need a float.* bool"),
-        (lambda: flow.randn_like(flow.zeros(2, dtype=flow.bool)), TypeError, r"randn_like\(\): .* bool"),
+        (lambda: flow.rand(2, dtype=flow.bool), TypeError,
+         r"rand\(\): random values need a floating dtype .* got klflow.bool"),
+        (lambda: flow.randn_like(flow.zeros(2, dtype=flow.bool)), TypeError,
+         r"randn_like\(\): random values .* got klflow.bool"),
     ],
 )  # fmt: skip
 def test_bad_arguments_name_what_they_saw(call, error, match):
