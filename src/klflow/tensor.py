@@ -625,7 +625,7 @@ def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray
             dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
     elif array.dtype.kind not in "fiub":
         dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
-    if dtype == dtypes.bfloat16 and array.dtype != dtype.numpy:
+    if dtypes.is_bfloat16(dtype) and array.dtype != dtype.numpy:
         return dtypes.cast_host(array, dtype)  # rounded once from float64 (a new array)
     # numba kernels need native byte order; asarray/array below also make the copy when asked.
     if copy:
