@@ -267,3 +267,19 @@ def test_sums_closer_to_a_tie_than_the_bound_are_decided_exactly(tail, expected)
     xt = flow.from_numpy(x.copy()).requires_grad_()
     fused = F.kl_div(xt, flow.from_numpy(ones), reduction="sum")  # the fused-gradient path
     assert fused.item() == expected
+
+
+def test_programs_without_bfloat16_do_not_load_ml_dtypes():
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, klflow as flow, klflow.nn.functional as F\n"
+        "x = flow.tensor([0.5, 1.0], requires_grad=True)\n"
+        "F.kl_div(x * 2 - 1, flow.rand(2), reduction='sum').backward()\n"
+        "print(flow.randn(2), flow.zeros(2, dtype=flow.float16), x.grad)\n"
+        "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes was loaded'\n"
+        "assert flow.bfloat16.itemsize == 2 and 'ml_dtypes' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

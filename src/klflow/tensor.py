@@ -406,10 +406,11 @@ class Tensor(metaclass=_TensorType):
             return cuda.to_host(self._data)
         return self._data
 
-    def item(self) -> float:
+    def item(self) -> float | bool:
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
-        return float(self._value("item()").reshape(()))
+        value = self._value("item()").reshape(())
+        return bool(value) if self._dtype == dtypes.bool_ else float(value)
 
     def tolist(self) -> Any:
         return self._value("tolist()").tolist()
@@ -624,7 +625,7 @@ def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray
             dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
     elif array.dtype.kind not in "fiub":
         dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
-    if dtype == dtypes.bfloat16 and array.dtype != dtype.numpy:
+    if dtypes.is_bfloat16(dtype) and array.dtype != dtype.numpy:
         return dtypes.cast_host(array, dtype)  # rounded once from float64 (a new array)
     # numba kernels need native byte order; asarray/array below also make the copy when asked.
     if copy:

@@ -140,3 +140,12 @@ def test_retain_grad_keeps_a_non_leaf_gradient():
     assert h.grad.tolist() == [4.0, 8.0] and x.grad.tolist() == [8.0, 16.0]
     with pytest.raises(RuntimeError, match="requires_grad=False"):
         flow.tensor([1.0]).retain_grad()
+
+
+def test_autograd_backward_of_several_outputs():
+    x = flow.tensor([1.0, 2.0], dtype=flow.float64, requires_grad=True)
+    a, b = (x * x).sum(), x * 3.0
+    flow.autograd.backward([a, b], [None, flow.tensor([1.0, 0.5], dtype=flow.float64)])
+    assert x.grad.tolist() == [2.0 + 3.0, 4.0 + 1.5]
+    with pytest.raises(RuntimeError, match="grad can be implicitly created only for scalar outputs"):
+        flow.autograd.backward(x * 2.0)

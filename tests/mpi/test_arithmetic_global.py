@@ -276,3 +276,20 @@ def test_in_place_steps_on_global_tensors():
         w -= 0.1 * w.grad
         lw -= 0.1 * lw.grad
     assert_everywhere(w.sbp == (S0,) and _same(w.numpy(), lw.numpy()), "updated parameter")
+
+
+def test_a_bad_gradient_on_one_rank_is_one_error_everywhere(world):
+    rank, size = world
+    if size < 2:
+        pytest.skip("needs two ranks")
+    x = as_global(seeded((4, 3), np.float64, seed=21), S0, requires_grad=True)
+    out = x * 2.0
+    good = flow.tensor(np.ones((4, 3))).to_global(flow.placement.all("cpu"), B)
+    given = good if rank != size - 1 else flow.tensor(np.ones((4, 3)))  # the last rank passes a local one
+    raises_everywhere(
+        RuntimeError,
+        "gradient must be global exactly when",
+        lambda: flow.autograd.grad(out, x, grad_outputs=given),
+    )
+    (dx,) = flow.autograd.grad(x * 2.0, x, grad_outputs=good)  # the ranks are still in step
+    assert_everywhere(dx.sbp == (S0,) and np.all(dx.numpy() == 2.0), "gradient after the error")

@@ -174,6 +174,11 @@ def test_comparisons_return_bool_tensors_and_hash_by_identity():
     ):
         assert got.dtype == flow.bool and got.tolist() == want and not got.requires_grad
     assert repr(a == b) == "tensor([False,  True, False], dtype=klflow.bool)"
+    assert (a == b).float().tolist() == [0.0, 1.0, 0.0]
+    one = flow.tensor([2.0]) == 2.0
+    assert (
+        one.item() is True and bool(one) and repr(flow.tensor(1.0) > 2) == "tensor(False, dtype=klflow.bool)"
+    )
     assert hash(a) == object.__hash__(a)
     assert len({a, b, a}) == 2
     half = flow.tensor([0.1], dtype=flow.float16)

@@ -13,28 +13,43 @@ subnormals (steps of 2**-133) or to a zero of their sign.
 
 from __future__ import annotations
 
-import ml_dtypes
+import functools
+from typing import Any
+
 import numpy as np
 
 from klflow.kernels import pool
 from klflow.kernels.bits import f64_as_i64
 from klflow.kernels.jit import inlinable, jit
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _MIN_NORMAL_EXPONENT = -126
 _SERIAL_BELOW = 1 << 16  # elements under which the worker threads cost more than they save
 _INF_BITS = 0x7F80
 _QUIET_NAN_BITS = 0x7FC0
 
 
-def is_bfloat16(dtype: np.dtype) -> bool:
-    return np.dtype(dtype) == BFLOAT16
+@functools.cache
+def bfloat16_dtype() -> np.dtype:
+    """ml_dtypes' NumPy bfloat16, loaded on first use (its extension takes a while to load)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BFLOAT16":
+        return bfloat16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_bfloat16(dtype: Any) -> bool:
+    return getattr(dtype, "name", None) == "bfloat16"
 
 
 def widen(values: np.ndarray) -> np.ndarray:
     """bfloat16 values as float64 (exact); anything else is returned as it is."""
     values = np.asarray(values)
-    return values.astype(np.float64) if values.dtype == BFLOAT16 else values
+    return values.astype(np.float64) if is_bfloat16(values.dtype) else values
 
 
 @inlinable  # numba-level inlining trips numba's SSA checks on such bit code (see bits.py)
@@ -86,4 +101,4 @@ def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
 
     if flat.size:
         pool.run(piece, pieces)
-    return out.view(BFLOAT16).reshape(values.shape)
+    return out.view(bfloat16_dtype()).reshape(values.shape)

@@ -83,7 +83,7 @@ def result_dtype(a: Operand, b: Operand) -> dtypes.dtype:
         return a.dtype
     if (a.ndim == 0) != (b.ndim == 0):  # a 0-dim tensor does not widen a dimensioned one
         return b.dtype if a.ndim == 0 else a.dtype
-    if {a.dtype, b.dtype} == {dtypes.float16, dtypes.bfloat16}:
+    if {a.dtype.name, b.dtype.name} == {"float16", "bfloat16"}:
         return dtypes.float32  # neither holds the other
     return a.dtype if a.dtype.itemsize >= b.dtype.itemsize else b.dtype
 
@@ -93,7 +93,7 @@ def _compute_dtype(dtype: dtypes.dtype) -> np.dtype:
     from it, as klflow's bfloat16 does everywhere)."""
     if dtype == dtypes.float16:
         return np.dtype(np.float32)
-    if dtype == dtypes.bfloat16:
+    if dtypes.is_bfloat16(dtype):  # by name: asking does not load ml_dtypes
         return np.dtype(np.float64)
     return dtype.numpy
 
@@ -103,7 +103,7 @@ def _values(a: Any, dtype: dtypes.dtype) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == dtype.numpy:
         return a
-    if dtype == dtypes.bfloat16:
+    if dtypes.is_bfloat16(dtype):
         return dtypes.cast_host(a.astype(np.float64), dtype)
     return a.astype(dtype.numpy)
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from klflow.kernels import rounding
-from klflow.kernels.bfloat16 import BFLOAT16, round_to_bfloat16, widen
+from klflow.kernels.bfloat16 import bfloat16_dtype, is_bfloat16, round_to_bfloat16, widen
 from klflow.kernels.bounded_sum import BoundedSum
 from klflow.tensor import Tensor
 
@@ -84,14 +84,14 @@ class WidenedBackend:
             )
             found = self.inner.host_partial(partial)
             if not isinstance(found, BoundedSum):
-                return rounding.finish(found, divisor, BFLOAT16), partial, None
-            value = rounding.bounded_value(found.state, found.magnitude_total, divisor, BFLOAT16)
+                return rounding.finish(found, divisor, bfloat16_dtype()), partial, None
+            value = rounding.bounded_value(found.state, found.magnitude_total, divisor, bfloat16_dtype())
             if value is not None:
                 return value, partial, None
             state, _ = self.reduce_sum(x, y, log_target)  # not proven: add every term exactly
-            return rounding.finish(state, divisor, BFLOAT16), state, None
+            return rounding.finish(state, divisor, bfloat16_dtype()), state, None
         state, grad = self.inner.reduce_sum(widen(x), widen(y), log_target, grad_coef)
-        return rounding.finish(state, divisor, BFLOAT16), state, _narrowed(grad)
+        return rounding.finish(state, divisor, bfloat16_dtype()), state, _narrowed(grad)
 
     def reduce_sum(
         self, x: Any, y: Any, log_target: bool, grad_coef: float | None = None
@@ -124,7 +124,7 @@ def backend_for(t: Tensor) -> Backend:
     if t.device.type == "cpu":
         from klflow.kernels import cpu
 
-        return WidenedBackend(cpu) if t.dtype.numpy == BFLOAT16 else cpu
+        return WidenedBackend(cpu) if is_bfloat16(t.dtype) else cpu
     from klflow.kernels import cuda as cuda_kernels
 
     return cuda_kernels
