@@ -49,6 +49,10 @@ def _to_klflow(t: torch.Tensor) -> flow.Tensor:
         return flow.Tensor(wrapped, device=cuda.device_of(wrapped))
     if t.device.type != "cpu":
         raise TypeError(f"klflow.torch.kl_div takes CPU or CUDA tensors, got one on {t.device}")
+    if t.dtype == torch.bfloat16:  # NumPy's DLPack has no bfloat16: share the bits as int16
+        from klflow.kernels.bfloat16 import BFLOAT16
+
+        return flow.from_numpy(t.view(torch.int16).numpy().view(BFLOAT16))
     return from_dlpack(t)
 
 
@@ -60,6 +64,8 @@ def _to_torch(t: flow.Tensor, like: torch.Tensor) -> torch.Tensor:
             return torch.tensor(t.item(), dtype=getattr(torch, t.dtype.numpy.name), device=like.device)
         return torch.as_tensor(t._data, device=like.device)  # through __cuda_array_interface__
     data = t._data
+    if t.dtype == flow.bfloat16:
+        return torch.from_numpy(np.array(data).view(np.int16)).view(torch.bfloat16)
     if data.ndim == 0 or not data.flags.writeable:
         return torch.from_numpy(np.array(data))  # a 0-d result: one number
     return torch.from_dlpack(t)
