@@ -316,3 +316,10 @@ def test_second_derivatives_against_finite_differences(dim):
         (g * flow.tensor(w, dtype=flow.float64)).sum().backward()
         expected = _finite_difference(lambda xx, grad=reference_grad: float(np.sum(w * grad(xx))), x0)
         np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_a_bool_tensor_is_refused():
+    mask = flow.tensor([1.0, 2.0]) > 1.5
+    for function in (F.softmax, F.log_softmax):
+        with pytest.raises(RuntimeError, match="not implemented for klflow.bool: it needs a floating dtype"):
+            function(mask, dim=0)
