@@ -4,7 +4,7 @@ by a scalar, unary ``-``, ``exp``, ``log``, comparisons, ``reshape``/``view`` an
 Broadcasting follows NumPy/OneFlow; a gradient is summed back (exactly) to its input's shape.
 dtypes promote as in PyTorch/OneFlow: the wider float of two tensors (a 0-dim tensor defers to a
 dimensioned one), a Python scalar keeps the tensor's dtype, ``bool`` tensors promote to the other
-operand's float. On the CPU every operation is NumPy's IEEE operation in the result dtype
+operand's float. On the CPU every ``+ - * /`` is NumPy's IEEE operation in the result dtype
 (a Python scalar is first rounded to the tensor's dtype, as OneFlow's scalar operations do;
 float16 is computed in float32 and rounded once, exact for ``+ - * /``); on CUDA the kernels of
 :mod:`klflow.kernels.elementwise_cuda` give the same bits for ``+ - * /``.
@@ -139,10 +139,16 @@ def host_binary(op: str, a: Any, b: Any, value_dtype: dtypes.dtype) -> np.ndarra
 
 
 def host_unary(op: str, a: np.ndarray) -> np.ndarray:
+    """``-a`` exactly; ``exp``/``log`` from klflow's float64 functions (the CUDA kernels' source,
+    so both devices give the same bits), rounded to float32 first for float32 and float16."""
     dtype = dtypes.of_array(a.dtype)
-    x = np.asarray(a).astype(_compute_dtype(dtype), copy=False)
-    with np.errstate(all="ignore"):
-        out = {"neg": np.negative, "exp": np.exp, "log": np.log}[op](x)
+    if op == "neg":
+        return np.asarray(np.negative(a))
+    from klflow.kernels import elementwise_cpu
+
+    out = getattr(elementwise_cpu, op)(np.asarray(a))
+    if dtype in (dtypes.float32, dtypes.float16):
+        out = out.astype(np.float32)
     return _rounded(out, dtype)
 
 
