@@ -18,6 +18,10 @@ host's, or the one ``NUMBA_CPU_NAME`` asks for; the peers are then asked for the
 they can be: ``ATEN_CPU_CAPABILITY`` for PyTorch and Inductor, ``--xla_cpu_max_isa`` for JAX). It
 also reports the arithmetic alone on a cache-resident block, the peak resident memory each variant
 adds at the largest size, and the cost of a first call in a new process with a warm on-disk cache.
+
+``--pipeline [options]`` runs ``scripts/bench_pipeline.py`` instead (the distillation pipeline:
+log_softmax of both inputs, kl_div batchmean log_target=True, forward and backward, against
+PyTorch eager and torch.compile); the options after it are that script's.
 """
 
 from __future__ import annotations
@@ -451,6 +455,11 @@ def first_call_seconds() -> float:
 
 
 def main() -> int:
+    if "--pipeline" in sys.argv[1:]:
+        import bench_pipeline  # beside this script
+
+        bench_pipeline.main([a for a in sys.argv[1:] if a != "--pipeline"])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-log2", type=int, default=16)
     parser.add_argument("--max-log2", type=int, default=26)

@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import reference
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import klflow as flow
@@ -61,6 +61,7 @@ def as_bf16(values) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- rounding
+@settings(deadline=None)  # the first example compiles the rounding kernel
 @given(st.floats(allow_nan=False, allow_infinity=False, width=64))
 @example(1.0 + 2.0**-8 + 2.0**-40)  # just above a tie: through float32 it would tie to even
 @example(1.0 + 2.0**-8)  # a tie: to even
@@ -235,3 +236,50 @@ def test_module_on_bfloat16_matches_the_functional_form():
     a = module(flow.from_numpy(x), flow.from_numpy(y))
     b = F.kl_div(flow.from_numpy(x), flow.from_numpy(y), reduction="batchmean")
     assert a.dtype == flow.bfloat16 and a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_rounding_in_pieces_on_worker_threads_is_the_serial_rounding():
+    from klflow.kernels import pool
+
+    values = np.random.default_rng(5).standard_normal(200_003) * 3.0
+    previous = pool.thread_count()
+    try:
+        pool.set_thread_count(1)
+        serial = round_to_bfloat16(values)
+        pool.set_thread_count(3)
+        threaded = round_to_bfloat16(values)
+    finally:
+        pool.set_thread_count(previous)
+    assert serial.tobytes() == threaded.tobytes()
+    assert [float(v) for v in serial[:50]] == [round_reference(float(v)) for v in values[:50]]
+
+
+@pytest.mark.parametrize(
+    "tail,expected",
+    [(0.0, 1.0), (2.0**-60, 1.0078125), (-(2.0**-60), 1.0)],
+    ids=["tie-to-even", "just-above", "just-below"],
+)
+def test_sums_closer_to_a_tie_than_the_bound_are_decided_exactly(tail, expected):
+    # 1 + 2**-8 is a bfloat16 tie; a tail of 2**-60 lies far inside the fast path's error bound.
+    x = as_bf16([-1.0, -(2.0**-8), -tail])
+    ones = as_bf16([1.0, 1.0, 1.0])
+    assert F.kl_div(flow.from_numpy(x), flow.from_numpy(ones), reduction="sum").item() == expected
+    xt = flow.from_numpy(x.copy()).requires_grad_()
+    fused = F.kl_div(xt, flow.from_numpy(ones), reduction="sum")  # the fused-gradient path
+    assert fused.item() == expected
+
+
+def test_programs_without_bfloat16_do_not_load_ml_dtypes():
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, klflow as flow, klflow.nn.functional as F\n"
+        "x = flow.tensor([0.5, 1.0], requires_grad=True)\n"
+        "F.kl_div(x * 2 - 1, flow.rand(2), reduction='sum').backward()\n"
+        "print(flow.randn(2), flow.zeros(2, dtype=flow.float16), x.grad)\n"
+        "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes was loaded'\n"
+        "assert flow.bfloat16.itemsize == 2 and 'ml_dtypes' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

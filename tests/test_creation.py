@@ -38,6 +38,12 @@ def test_constants_have_their_values_and_dtype(dtype):
     np.testing.assert_array_equal(full, np.full(3, np.float64(0.1)).astype(dtype.numpy))
 
 
+def test_bool_constants():
+    assert flow.zeros(2, dtype=flow.bool).tolist() == [False, False]
+    assert flow.ones(2, dtype=flow.bool).dtype == flow.bool
+    assert flow.full((2,), 3.0, dtype=flow.bool).tolist() == [True, True]
+
+
 def test_full_values():
     assert flow.full((2,), 7).tolist() == [7.0, 7.0]
     assert flow.full(3, -2.5).tolist() == [-2.5] * 3
@@ -79,6 +85,10 @@ def test_requires_grad_makes_a_leaf():
         (lambda: flow.rand(2, generator=5), TypeError, r"generator must be a klflow.Generator, got int"),
         (lambda: flow.zeros(2, out=None), TypeError, r"unexpected keyword arguments \['out'\]"),
         (lambda: flow.zeros_like(np.zeros(2)), TypeError, r"must be a klflow Tensor, not ndarray"),
+        (lambda: flow.rand(2, dtype=flow.bool), TypeError,
+         r"rand\(\): random values need a floating dtype .* got klflow.bool"),
+        (lambda: flow.randn_like(flow.zeros(2, dtype=flow.bool)), TypeError,
+         r"randn_like\(\): random values .* got klflow.bool"),
     ],
 )  # fmt: skip
 def test_bad_arguments_name_what_they_saw(call, error, match):
@@ -125,7 +135,8 @@ def test_a_failed_call_does_not_advance_the_generator():
 def test_own_generator_leaves_the_default_alone():
     flow.manual_seed(1)
     expected = flow.rand(5).numpy()
-    g = flow.Generator(1)
+    g = flow.Generator("cpu").manual_seed(1)
+    assert flow.Generator().initial_seed() == flow.Generator("cuda").initial_seed() == 67280421310721
     flow.manual_seed(1)
     np.testing.assert_array_equal(flow.rand(5, generator=g).numpy(), expected)
     np.testing.assert_array_equal(flow.rand(5).numpy(), expected)  # the default was not drawn from

@@ -92,3 +92,25 @@ def test_errors():
         kt.kl_div(x, [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="placement and sbp go together"):
         kt.kl_div(x, x, placement=object())
+
+
+def test_a_second_torch_derivative_is_refused_not_wrong():
+    x = torch.randn(3, requires_grad=True)
+    loss = kt.kl_div(x, torch.rand(3), reduction="sum")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        g.sum().backward()
+
+
+def test_bfloat16_and_float16_tensors():
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        x0, y0 = _pair(torch.float32, False, seed=3)
+        x = x0.to(dtype).requires_grad_()
+        y = y0.to(dtype)
+        loss = kt.kl_div(x, y, reduction="sum")
+        assert loss.dtype == dtype
+        loss.backward()
+        assert x.grad.dtype == dtype
+        want = torch.nn.functional.kl_div(x.detach().double(), y.double(), reduction="sum")
+        assert abs(loss.double().item() - want.item()) <= tol * abs(want.item())
+        torch.testing.assert_close(x.grad, (-y.double()).to(dtype))

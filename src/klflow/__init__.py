@@ -22,8 +22,9 @@ from klflow.creation import (
 )
 from klflow.device import device
 from klflow.distributed.placement import placement
-from klflow.dtypes import bfloat16, bool, double, dtype, float, float16, float32, float64, half
+from klflow.dtypes import bool, double, dtype, float, float16, float32, float64, half
 from klflow.functions import exp, log, mean, sum
+from klflow.nn.functional import log_softmax, softmax
 from klflow.printing import get_printoptions, set_printoptions
 from klflow.random import Generator, default_generator, initial_seed, manual_seed, seed
 from klflow.tensor import Size, Tensor, from_numpy, tensor
@@ -32,6 +33,15 @@ from klflow.utils.dlpack import from_dlpack
 env.configure_threads()  # ranks × threads ≤ cores on this node, unless NUMBA_NUM_THREADS is set
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "bfloat16":  # made on first use: it loads ml_dtypes (see klflow.dtypes)
+        from klflow import dtypes
+
+        return dtypes.bfloat16
+    raise AttributeError(f"module 'klflow' has no attribute {name!r}")
+
 
 __all__ = [
     "Generator",
@@ -60,6 +70,7 @@ __all__ = [
     "half",
     "initial_seed",
     "is_grad_enabled",
+    "log_softmax",
     "log",
     "manual_seed",
     "mean",
@@ -76,6 +87,7 @@ __all__ = [
     "seed",
     "set_grad_enabled",
     "set_printoptions",
+    "softmax",
     "sum",
     "tensor",
     "utils",

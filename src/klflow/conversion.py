@@ -88,7 +88,7 @@ def gradient_seed(t: Tensor) -> Tensor:
 def full(shape: tuple[int, ...], value: float, dtype: dtypes.dtype, device: Device) -> Any:
     """A new local array of ``shape`` filled with ``value``."""
     if device.type == "cpu":
-        return dtypes.cast_host(np.full(shape, value, dtype=np.float64), dtype)
+        return np.full(shape, dtypes.cast_host(np.array(value), dtype), dtype=dtype.numpy)
     from klflow import cuda
 
     return cuda.full(shape, value, dtype.numpy, device)

@@ -70,6 +70,15 @@ def _resolve(dtype: Any, default: dtypes.dtype = dtypes.float32) -> dtypes.dtype
     return default if dtype is None else dtypes.resolve(dtype)
 
 
+def _floating(name: str, dtype: dtypes.dtype) -> dtypes.dtype:
+    if not dtype.is_floating_point:
+        raise TypeError(
+            f"{name}(): random values need a floating dtype (float16, float32, float64 or bfloat16), "
+            f"got {dtype}"
+        )
+    return dtype
+
+
 def _device(device: Any) -> Device | None:
     return None if device is None else Device(device)
 
@@ -178,7 +187,7 @@ def rand(
     shape = _parse_size("rand", size, kwargs.pop("size", None))
     _no_more("rand", kwargs)
     return creation.create(
-        "uniform", shape, _resolve(dtype), _device(device), placement, sbp,
+        "uniform", shape, _floating("rand", _resolve(dtype)), _device(device), placement, sbp,
         requires_grad=requires_grad, generator=_generator("rand", generator), name="rand",
     )  # fmt: skip
 
@@ -202,7 +211,7 @@ def randn(
     shape = _parse_size("randn", size, kwargs.pop("size", None))
     _no_more("randn", kwargs)
     return creation.create(
-        "normal", shape, _resolve(dtype), _device(device), placement, sbp,
+        "normal", shape, _floating("randn", _resolve(dtype)), _device(device), placement, sbp,
         requires_grad=requires_grad, generator=_generator("randn", generator), name="randn",
     )  # fmt: skip
 
@@ -234,6 +243,8 @@ def _like(
     if not isinstance(input, Tensor):
         raise TypeError(f"{name}(): argument 'input' must be a klflow Tensor, not {type(input).__name__}")
     resolved = _resolve(dtype, input.dtype)
+    if kind != "constant":
+        resolved = _floating(name, resolved)
     if input.is_global and placement is None and sbp is None and device is None:
         placement, sbp = input.placement, input.sbp
     elif device is None and placement is None and sbp is None:

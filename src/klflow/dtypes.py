@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 
@@ -39,12 +38,35 @@ float16 = dtype("float16", np.dtype(np.float16))
 float32 = dtype("float32", np.dtype(np.float32))
 float64 = dtype("float64", np.dtype(np.float64))
 bool_ = dtype("bool", np.dtype(np.bool_))  # what comparisons return (``klflow.bool``)
-# Host arrays of bfloat16 use ml_dtypes' NumPy dtype; losses compute on them as on float16.
-bfloat16 = dtype("bfloat16", np.dtype(ml_dtypes.bfloat16))
 half, float, double = float16, float32, float64  # OneFlow's aliases
 
-_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64, bfloat16)}
+_BY_NUMPY = {d.numpy: d for d in (float16, float32, float64)}
 _NAMES = "float16, float32, float64, bfloat16"
+
+
+def _bfloat16() -> dtype:
+    """``klflow.bfloat16``, made on first use: host arrays of bfloat16 use ml_dtypes' NumPy dtype,
+    whose extension takes a while to load, so programs that never touch bfloat16 do not load it.
+    Losses compute on bfloat16 as on float16."""
+    found = globals().get("bfloat16")
+    if found is None:
+        import ml_dtypes
+
+        found = dtype("bfloat16", np.dtype(ml_dtypes.bfloat16))
+        _BY_NUMPY[found.numpy] = found
+        globals()["bfloat16"] = found  # later lookups are plain attribute reads
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    if name == "bfloat16":
+        return _bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_bfloat16(value: Any) -> bool:
+    """Whether a klflow or NumPy dtype is bfloat16 (without loading ml_dtypes to ask)."""
+    return getattr(value, "name", None) == "bfloat16"
 
 
 def of_array(np_dtype: Any) -> dtype:
@@ -58,6 +80,8 @@ def of_array(np_dtype: Any) -> dtype:
 def from_numpy_dtype(np_dtype: Any) -> dtype:
     """The klflow dtype for a NumPy dtype; anything but float16/32/64 is a ``TypeError``."""
     np_dtype = np.dtype(np_dtype)
+    if is_bfloat16(np_dtype):
+        return _bfloat16()
     try:
         return _BY_NUMPY[np_dtype.newbyteorder("=")]  # '>f8' is float64 data too
     except KeyError:
@@ -75,6 +99,8 @@ def resolve(value: Any) -> dtype:
         raise TypeError(
             "dtype must be klflow.float16, klflow.float32, klflow.float64 or klflow.bfloat16, not None"
         )
+    if value == "bfloat16":  # NumPy knows the name only once ml_dtypes is loaded
+        return _bfloat16()
     try:
         np_dtype = np.dtype(value)
     except TypeError:
@@ -86,7 +112,7 @@ def resolve(value: Any) -> dtype:
 
 def check_device_supports(value: dtype, device: Any) -> None:
     """bfloat16 tensors live on the host: numba's CUDA target has no bfloat16 arrays."""
-    if value == bfloat16 and getattr(device, "type", device) == "cuda":
+    if is_bfloat16(value) and getattr(device, "type", device) == "cuda":
         raise TypeError(
             f"klflow.bfloat16 tensors are CPU-only (numba's CUDA target has no bfloat16 arrays); "
             f"got a request for {device}. Use float16 or float32 on the GPU."
@@ -99,7 +125,7 @@ def cast_host(values: np.ndarray, dtype: dtype) -> np.ndarray:
     float64 value, never through float32."""
     if values.dtype == dtype.numpy:
         return values
-    if dtype == bfloat16:
+    if is_bfloat16(dtype):
         from klflow.kernels.bfloat16 import round_to_bfloat16
 
         return round_to_bfloat16(values)

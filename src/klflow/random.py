@@ -26,14 +26,21 @@ _SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 class Generator:
     """A Philox4x32-10 generator: ``seed`` (64 bits) and ``offset`` (calls made since seeding).
+    Its values do not depend on the device, so ``device`` (OneFlow's ``"auto"``, ``"cpu"``,
+    ``"cuda"``) is recorded only; a new generator starts at the default seed.
 
     >>> g = Generator(); _ = g.manual_seed(3); g.initial_seed(), g.get_state()
     (3, (3, 0))
     """
 
-    def __init__(self, seed: int = DEFAULT_SEED) -> None:
+    def __init__(self, device: Any = "auto") -> None:
+        if device != "auto":
+            from klflow.device import device as Device
+
+            device = Device(device)
+        self.device = device
         self._lock = threading.Lock()
-        self._seed = _checked_seed(seed)
+        self._seed = DEFAULT_SEED
         self._offset = 0
 
     def manual_seed(self, seed: int) -> Generator:

@@ -42,9 +42,9 @@ class _TensorType(type):
     tensor of a shape); klflow's own code builds a tensor around an array with ``device=``."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        internal = (
-            cls is not Tensor
-            or len(args) == 1
+        internal = cls is not Tensor or (
+            len(args) == 1
+            and hasattr(args[0], "dtype")  # an array (host or device) to wrap
             and (isinstance(kwargs.get("device"), Device) or any(k in kwargs for k in _INTERNAL_KEYWORDS))
         )
         if internal:
@@ -291,6 +291,31 @@ class Tensor(metaclass=_TensorType):
 
     __hash__ = object.__hash__  # by identity, as PyTorch's (== is elementwise)
 
+    # In place (``p -= lr * p.grad`` under no_grad updates the parameter itself, as in PyTorch).
+    def __iadd__(self, other: Any) -> Tensor:
+        return _in_place("add", self, other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return _in_place("sub", self, other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return _in_place("mul", self, other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return _in_place("div", self, other)
+
+    def add_(self, other: Any) -> Tensor:
+        return _in_place("add", self, other)
+
+    def sub_(self, other: Any) -> Tensor:
+        return _in_place("sub", self, other)
+
+    def mul_(self, other: Any) -> Tensor:
+        return _in_place("mul", self, other)
+
+    def div_(self, other: Any) -> Tensor:
+        return _in_place("div", self, other)
+
     def add(self, other: Any) -> Tensor:
         return self + other
 
@@ -381,10 +406,11 @@ class Tensor(metaclass=_TensorType):
             return cuda.to_host(self._data)
         return self._data
 
-    def item(self) -> float:
+    def item(self) -> float | bool:
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
-        return float(self._value("item()").reshape(()))
+        value = self._value("item()").reshape(())
+        return bool(value) if self._dtype == dtypes.bool_ else float(value)
 
     def tolist(self) -> Any:
         return self._value("tolist()").tolist()
@@ -599,7 +625,7 @@ def _host_array(data: Any, dtype: dtypes.dtype | None, copy: bool) -> np.ndarray
             dtype = dtypes.from_numpy_dtype(array.dtype)  # TypeError for ints, bools, complex
     elif array.dtype.kind not in "fiub":
         dtypes.from_numpy_dtype(array.dtype)  # e.g. complex: TypeError naming the dtype
-    if dtype == dtypes.bfloat16 and array.dtype != dtype.numpy:
+    if dtypes.is_bfloat16(dtype) and array.dtype != dtype.numpy:
         return dtypes.cast_host(array, dtype)  # rounded once from float64 (a new array)
     # numba kernels need native byte order; asarray/array below also make the copy when asked.
     if copy:
@@ -732,6 +758,43 @@ def _binary(op: str, a: Any, b: Any) -> Tensor:
     if arithmetic.operand(a) is None or arithmetic.operand(b) is None:
         return NotImplemented
     return arithmetic.binary(op, a, b)
+
+
+def _in_place(op: str, t: Tensor, other: Any) -> Tensor:
+    """``t op= other``: the result written into ``t``'s own memory (its shape, dtype and layout)."""
+    from klflow.ops import arithmetic
+
+    if arithmetic.operand(other) is None:
+        return NotImplemented
+    other_grad = isinstance(other, Tensor) and other.requires_grad
+    if graph.is_grad_enabled() and (t.requires_grad or other_grad):
+        if t.requires_grad and t.grad_fn is None:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        raise RuntimeError(
+            "klflow records no in-place operations on tensors of a graph; use the out-of-place form "
+            f"(x = x {arithmetic._SYMBOL[op]} y) or run it under klflow.no_grad()"
+        )
+    with graph.no_grad():
+        out = arithmetic.binary(op, t, other)
+    if tuple(out.shape) != tuple(t.shape):
+        raise RuntimeError(
+            f"output with shape {list(t.shape)} doesn't match the broadcast shape {list(out.shape)}"
+        )
+    if t.is_global and out._global.layout() != t._global.layout():
+        raise RuntimeError(
+            f"an in-place {arithmetic._SYMBOL[op]} would change the tensor's layout from "
+            f"{t._global.describe()} to {out._global.describe()}; use the out-of-place form"
+        )
+    if out.dtype != t.dtype:
+        out = out.to(t.dtype)
+    if t.is_cuda:
+        t._data.copy_to_device(out._data)
+    else:
+        t._data[...] = out._data
+    if t.is_global:
+        t._global = out._global  # the layout is the same; an exact partial record comes along
+    t._fill_value = None
+    return t
 
 
 def _public_tensor(args: tuple, kwargs: dict) -> Tensor:

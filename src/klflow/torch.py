@@ -12,7 +12,9 @@ PyTorch job launched with ``mpiexec`` gets klflow's reproducible, distributed KL
 ``loss.backward()`` reaches its own model. A reduced loss is the logical value on every rank;
 ``reduction='none'`` returns this rank's component. Every rank must make the same calls.
 
-Needs PyTorch (``pip install klflow[torch]``); klflow itself never imports it.
+Torch gets first derivatives: a second one through this loss is refused (its gradient carries no
+torch graph; klflow's own tensors have second derivatives). Needs PyTorch
+(``pip install klflow[torch]``); klflow itself never imports it.
 
 >>> import torch, klflow.torch
 >>> x = torch.tensor([[-1.0, -0.5]], requires_grad=True)
@@ -47,6 +49,10 @@ def _to_klflow(t: torch.Tensor) -> flow.Tensor:
         return flow.Tensor(wrapped, device=cuda.device_of(wrapped))
     if t.device.type != "cpu":
         raise TypeError(f"klflow.torch.kl_div takes CPU or CUDA tensors, got one on {t.device}")
+    if t.dtype == torch.bfloat16:  # NumPy's DLPack has no bfloat16: share the bits as int16
+        from klflow.kernels.bfloat16 import BFLOAT16
+
+        return flow.from_numpy(t.view(torch.int16).numpy().view(BFLOAT16))
     return from_dlpack(t)
 
 
@@ -58,6 +64,8 @@ def _to_torch(t: flow.Tensor, like: torch.Tensor) -> torch.Tensor:
             return torch.tensor(t.item(), dtype=getattr(torch, t.dtype.numpy.name), device=like.device)
         return torch.as_tensor(t._data, device=like.device)  # through __cuda_array_interface__
     data = t._data
+    if t.dtype == flow.bfloat16:
+        return torch.from_numpy(np.array(data).view(np.int16)).view(torch.bfloat16)
     if data.ndim == 0 or not data.flags.writeable:
         return torch.from_numpy(np.array(data))  # a 0-d result: one number
     return torch.from_dlpack(t)
@@ -83,6 +91,7 @@ class _KLDiv(torch.autograd.Function):
         return torch.as_tensor(np.array(value), device=input.device)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # klflow's gradient has no torch graph
     def backward(ctx, grad_output):
         x, y, loss, placement, reduction = ctx.klflow
         if not loss.requires_grad:

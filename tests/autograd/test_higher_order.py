@@ -140,3 +140,54 @@ def test_retain_grad_keeps_a_non_leaf_gradient():
     assert h.grad.tolist() == [4.0, 8.0] and x.grad.tolist() == [8.0, 16.0]
     with pytest.raises(RuntimeError, match="requires_grad=False"):
         flow.tensor([1.0]).retain_grad()
+
+
+def test_autograd_backward_of_several_outputs():
+    x = flow.tensor([1.0, 2.0], dtype=flow.float64, requires_grad=True)
+    a, b = (x * x).sum(), x * 3.0
+    flow.autograd.backward([a, b], [None, flow.tensor([1.0, 0.5], dtype=flow.float64)])
+    assert x.grad.tolist() == [2.0 + 3.0, 4.0 + 1.5]
+    with pytest.raises(RuntimeError, match="grad can be implicitly created only for scalar outputs"):
+        flow.autograd.backward(x * 2.0)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWarning")  # PyTorch's own notice
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_second_derivatives_match_pytorch_where_installed(reduction, log_target):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3))
+    y = rng.random((4, 3)) + 0.1 if not log_target else rng.standard_normal((4, 3))  # y > 0: they agree
+    v = rng.standard_normal((4, 3))
+    w = rng.random((4, 3)) + 0.5
+
+    def hvp(module, make, kl):
+        tx, ty = make(x), make(y)
+        loss = kl(tx, ty)
+        if reduction == "none":
+            loss = (loss * make(w, False)).sum()
+        gx, gy = module.autograd.grad(loss, [tx, ty], create_graph=True)
+        total = (gx * make(v, False)).sum() + (gy * make(v, False)).sum()
+        return [
+            None if h is None else h.detach().numpy()
+            for h in module.autograd.grad(total, [tx, ty], allow_unused=True)
+        ]
+
+    ours = hvp(
+        flow,
+        lambda a, g=True: flow.tensor(a, requires_grad=g),
+        lambda a, b: F.kl_div(a, b, reduction, log_target),
+    )
+    theirs = hvp(
+        torch,
+        lambda a, g=True: torch.tensor(a, requires_grad=g),
+        lambda a, b: torch.nn.functional.kl_div(a, b, reduction=reduction, log_target=log_target),
+    )
+    for got, want in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(
+            np.zeros((4, 3)) if got is None else got,
+            np.zeros((4, 3)) if want is None else want,
+            rtol=1e-12,
+            atol=1e-14,
+        )

@@ -36,14 +36,24 @@ def test_binary_ops_match_the_cpu_bit_for_bit(op, dtype):
         assert gpu.numpy().tobytes() == cpu.numpy().tobytes()
 
 
+def test_zero_dim_tensors_and_scalars():
+    for dtype in FLOATS:
+        t = flow.tensor(np.array(1.25, dtype), device="cuda")
+        for got, want in ((t * 0.5, 0.625), (3.0 - t, 1.75), (t / t, 1.0), (t > 1.0, True)):
+            assert got.is_cuda and got.shape == () and got.item() == want
+
+
 def test_mixed_dtypes_and_unary_ops():
     a = flow.tensor(_data((4,), np.float16, 3), device="cuda")
     b = flow.tensor(_data((4,), np.float32, 4), device="cuda")
     assert ((a * b).numpy() == (a.cpu() * b.cpu()).numpy()).all() and (a * b).dtype == flow.float32
     assert (-a).numpy().tobytes() == (-a.cpu()).numpy().tobytes()
-    x = flow.tensor(np.array([0.5, 1.0, 2.0]), device="cuda")
-    np.testing.assert_allclose(x.exp().numpy(), np.exp([0.5, 1.0, 2.0]), rtol=1e-15)
-    np.testing.assert_allclose(x.log().numpy(), np.log([0.5, 1.0, 2.0]), rtol=1e-15, atol=1e-300)
+    for dtype in FLOATS:  # exp and log: one float64 source on both devices, the same bits
+        values = np.array([0.5, 1.0, 2.0, -3.25, 0.0, 1e-3, 40.0], dtype)
+        x = flow.tensor(values, device="cuda")
+        for method in ("exp", "log"):
+            gpu, cpu = getattr(x, method)().numpy(), getattr(flow.tensor(values), method)().numpy()
+            assert np.array_equal(gpu, cpu, equal_nan=True) and gpu.dtype == dtype
 
 
 def test_sums_and_gradients_on_the_device():
@@ -58,3 +68,11 @@ def test_sums_and_gradients_on_the_device():
     assert x.grad.is_cuda and x.grad.numpy().tobytes() == xc.grad.numpy().tobytes()
     assert x.reshape(5, 3).is_cuda and x.reshape(-1).numpy().tolist() == values.ravel().tolist()
     assert x.clone().numpy().tobytes() == values.tobytes()
+
+
+def test_in_place_ops_on_the_device():
+    t = flow.tensor(np.array([1.0, 2.0], np.float32), device="cuda")
+    same = t
+    t += 1.0
+    t *= flow.tensor([2.0, 3.0], device="cuda")
+    assert t is same and t.is_cuda and t.tolist() == [4.0, 9.0]

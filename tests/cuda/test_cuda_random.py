@@ -29,3 +29,12 @@ def test_device_constants():
     r = flow.rand_like(x)
     flow.manual_seed(1)
     np.testing.assert_array_equal(r.numpy(), flow.rand(5, dtype=flow.float64).numpy())
+
+
+@pytest.mark.parametrize("shape", [(), (0, 4), (2, 1, 3)])
+def test_device_shapes(shape):
+    flow.manual_seed(2)
+    on_device = flow.randn(*shape, device="cuda")
+    flow.manual_seed(2)
+    assert on_device.shape == shape
+    np.testing.assert_array_equal(on_device.numpy(), flow.randn(*shape).numpy())

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import klflow as flow
@@ -51,6 +51,7 @@ def test_known_answers(row):
     assert reference_philox(counter, key, rounds) == expected
 
 
+@settings(deadline=None)  # the first example compiles the kernel
 @given(st.lists(st.integers(0, MASK), min_size=6, max_size=6))
 def test_compiled_block_matches_the_reference(words):
     assert [int(w) for w in philox.philox4x32(*words, 10)] == reference_philox(words[:4], words[4:], 10)
@@ -103,6 +104,7 @@ def test_normal_float32_is_the_float64_value_rounded_once():
     np.testing.assert_array_equal(half, wide.astype(np.float16))
 
 
+@settings(deadline=None)  # the first example compiles the kernel
 @given(st.integers(0, 2**53 - 1))
 @example(0)
 @example(2**51)  # u = 1/4: cos is 0
@@ -152,3 +154,38 @@ def test_low_precision_uniforms_lie_on_their_grid():
     half = flow.rand(4096, dtype=flow.float16).numpy().astype(np.float64)
     assert np.all(half * 2**11 == np.floor(half * 2**11))
     assert len(np.unique(half)) > 1500  # of 2048 possible values
+
+
+@st.composite
+def boxes(draw):
+    """A logical shape (0 to 3 dims) and a sub-box of it, as a component's [start, stop) ranges."""
+    shape = draw(st.lists(st.integers(0, 7), min_size=0, max_size=3))
+    ranges = []
+    for n in shape:
+        start = draw(st.integers(0, n))
+        ranges.append((start, draw(st.integers(start, n))))
+    return tuple(shape), ranges
+
+
+@settings(deadline=None)  # the first example of each case compiles its kernel
+@given(boxes(), st.booleans(), st.sampled_from([53, 24, 11, 8]), st.data())
+@example(((3, 5), [(1, 3), (2, 5)]), False, 24, None)
+@example(((), []), True, 53, None)
+def test_a_component_holds_its_slice_of_the_logical_value(box, normal, bits, data):
+    from klflow.ops.creation import _strides
+
+    shape, ranges = box
+    args = (np.array([a for a, _ in ranges], np.int64), np.array([b - a for a, b in ranges], np.int64))
+    n = int(np.prod([b - a for a, b in ranges], dtype=np.int64))
+    whole = np.empty(int(np.prod(shape, dtype=np.int64)))
+    kernel = philox.fill_kernel(normal, bits)
+    key_and_call = (7, 1, 3, 0)
+    kernel(whole, 0, whole.size, np.zeros(len(shape), np.int64), np.array(shape, np.int64), _strides(shape),
+           *key_and_call)  # fmt: skip
+    piece = np.full(n, np.nan)
+    # Filled in two pieces cut anywhere, as the worker threads cut it.
+    cut = data.draw(st.integers(0, n)) if data is not None else n // 2
+    for lo, hi in ((0, cut), (cut, n)):
+        kernel(piece, lo, hi, *args, _strides(shape), *key_and_call)
+    expected = whole.reshape(shape)[tuple(slice(a, b) for a, b in ranges)].reshape(-1)
+    assert piece.tobytes() == expected.tobytes()

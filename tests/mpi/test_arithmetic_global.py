@@ -37,7 +37,7 @@ def test_combined_losses_have_the_single_process_bits(sbp, dtype):
     (g1, g2), (l1, l2) = _losses(sbp, dtype)
     cases = {
         "l1 + l2": (g1 + g2, l1 + l2),
-        "l1 - l2": (g1 - l2 if False else g1 - g2, l1 - l2),
+        "l1 - l2": (g1 - g2, l1 - l2),
         "l1 * 0.5": (g1 * 0.5, l1 * 0.5),
         "l1 / 7": (g1 / 7, l1 / 7),
         "-l1": (-g1, -l1),
@@ -184,12 +184,40 @@ def test_second_derivatives_of_the_loss_match_single_process(reduction, log_targ
             values = got.numpy()
             assert_everywhere(np.allclose(values, want.numpy(), rtol=1e-13, atol=1e-15), "hessian-vector")
 
+    # ... and both against float64 central differences of the gradient along v (x and y moved together).
+    def loss64(xx, yy):
+        if log_target:
+            e = np.exp(yy) * (yy - xx)
+        else:
+            e = np.where(yy > 0, yy * (np.log(np.where(yy > 0, yy, 1.0)) - xx), 0.0)
+        if reduction == "none":
+            return float(np.sum(e * w))
+        return float(np.sum(e)) / (e.shape[0] if reduction == "batchmean" else 1)
+
+    def gradient64(xx, yy, h=1e-6):
+        gx64, gy64 = np.empty_like(xx), np.empty_like(yy)
+        for i in range(xx.size):
+            d = np.zeros_like(xx)
+            d.flat[i] = h
+            gx64.flat[i] = (loss64(xx + d, yy) - loss64(xx - d, yy)) / (2 * h)
+            gy64.flat[i] = (loss64(xx, yy + d) - loss64(xx, yy - d)) / (2 * h)
+        return gx64, gy64
+
+    step = 1e-4
+    plus, minus = gradient64(x + step * v, y + step * v), gradient64(x - step * v, y - step * v)
+    for got, p, m in zip(global_h, plus, minus, strict=True):
+        want = (p - m) / (2 * step)
+        values = np.zeros_like(want) if got is None else got.numpy()
+        assert_everywhere(
+            np.allclose(values, want, rtol=1e-4, atol=1e-4), f"finite differences {values - want}"
+        )
+
 
 def test_combined_losses_on_a_mesh(world):
     _, size = world
-    if size != 4:
-        pytest.skip("the 2×2 mesh needs 4 ranks")
-    mesh = flow.placement("cpu", [[0, 1], [2, 3]])
+    if size < 4 or size % 2:
+        pytest.skip("a 2×k mesh needs an even number of ranks, at least 4")
+    mesh = flow.placement("cpu", np.arange(size).reshape(2, size // 2))
     x, y = seeded((6, 4), np.float32, seed=15), seeded((6, 4), np.float32, seed=16, positive=True)
     me = flow.env.get_rank()
     spec = GlobalSpec(mesh, (S0, S1), x.shape)
@@ -206,3 +234,62 @@ def test_combined_losses_on_a_mesh(world):
     assert_everywhere(_same(got.numpy(), want.numpy()), "mesh value")
     s = gx.sum(0)
     assert_everywhere(s.sbp == (P, S0) and _same(s.numpy(), flow.from_numpy(x).sum(0).numpy()), f"{s.sbp}")
+
+
+@pytest.mark.skipif(not flow.cuda.is_available(), reason="no CUDA device or simulator")
+def test_arithmetic_on_a_cuda_placement_has_the_cpu_bits():
+    from klflow.distributed.layout import balanced_offsets
+
+    rank, size = flow.env.get_rank(), flow.env.get_world_size()
+    x = seeded((5, 3), np.float32, seed=17)
+    y = seeded((5, 3), np.float32, seed=18, positive=True)
+    offsets = balanced_offsets(5, size)
+    device = flow.cuda.rank_device()
+    cuda = flow.placement.all("cuda")
+
+    def on_gpu(values, requires_grad=False):
+        piece = flow.tensor(values[offsets[rank] : offsets[rank + 1]], device=device).to_global(cuda, S0)
+        piece.requires_grad = requires_grad
+        return piece
+
+    gx = on_gpu(x, requires_grad=True)
+    out = (F.kl_div(gx, on_gpu(y), "sum") * 0.5 + (gx * gx).sum(0).sum()) / 3
+    lx = flow.tensor(x, requires_grad=True)
+    want = (F.kl_div(lx, flow.from_numpy(y), "sum") * 0.5 + (lx * lx).sum(0).sum()) / 3
+    assert_everywhere(out.to_local().is_cuda and _same(out.numpy(), want.numpy()), "value")
+    out.backward()
+    want.backward()
+    assert_everywhere(gx.grad.to_local().is_cuda and _same(gx.grad.numpy(), lx.grad.numpy()), "gradient")
+
+
+def test_in_place_steps_on_global_tensors():
+    (g1, _), (l1, _) = _losses(S0)
+    g1 *= 0.5  # a partial-sum loss keeps its exact record
+    assert_everywhere(g1.sbp == (P,) and _same(g1.numpy(), (l1 * 0.5).numpy()), "scaled loss")
+    x = seeded((7, 5), np.float32, seed=19)
+    y = seeded((7, 5), np.float32, seed=20, positive=True)
+    w = as_global(x, S0, requires_grad=True)
+    lw = flow.tensor(x, requires_grad=True)
+    F.kl_div(w, as_global(y, S0), "batchmean").backward()
+    F.kl_div(lw, flow.from_numpy(y), "batchmean").backward()
+    with flow.no_grad():
+        w -= 0.1 * w.grad
+        lw -= 0.1 * lw.grad
+    assert_everywhere(w.sbp == (S0,) and _same(w.numpy(), lw.numpy()), "updated parameter")
+
+
+def test_a_bad_gradient_on_one_rank_is_one_error_everywhere(world):
+    rank, size = world
+    if size < 2:
+        pytest.skip("needs two ranks")
+    x = as_global(seeded((4, 3), np.float64, seed=21), S0, requires_grad=True)
+    out = x * 2.0
+    good = flow.tensor(np.ones((4, 3))).to_global(flow.placement.all("cpu"), B)
+    given = good if rank != size - 1 else flow.tensor(np.ones((4, 3)))  # the last rank passes a local one
+    raises_everywhere(
+        RuntimeError,
+        "gradient must be global exactly when",
+        lambda: flow.autograd.grad(out, x, grad_outputs=given),
+    )
+    (dx,) = flow.autograd.grad(x * 2.0, x, grad_outputs=good)  # the ranks are still in step
+    assert_everywhere(dx.sbp == (S0,) and np.all(dx.numpy() == 2.0), "gradient after the error")

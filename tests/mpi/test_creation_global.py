@@ -155,3 +155,14 @@ def test_cuda_placement_holds_the_cpu_bits(world):
     g = flow.randn(*SHAPE, placement=flow.placement.all("cuda"), sbp=flow.sbp.split(1))
     assert_everywhere(g.to_local().is_cuda, "component on the device")
     assert_everywhere(np.array_equal(g.numpy(), expected), "logical value")
+
+
+def test_without_spmd_checks_nothing_is_exchanged(world, monkeypatch):
+    monkeypatch.setenv("KLFLOW_CHECK_SPMD", "0")
+    expected = _single_process(flow.rand, 8, flow.float64)
+    flow.manual_seed(8)
+    comm.reset_counts()
+    g = flow.rand(*SHAPE, dtype=flow.float64, placement=flow.placement.all("cpu"), sbp=flow.sbp.split(1))
+    counted = dict(comm.collective_counts)
+    assert_everywhere(sum(counted.values()) == 0, f"{counted}")
+    _check_component(g, expected, "unchecked")

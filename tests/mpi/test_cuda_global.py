@@ -103,3 +103,24 @@ def test_global_cuda_loss_has_the_single_process_cpu_bits(world, dtype, log_targ
             as_global(x_full, sbp), as_global(y_full, sbp), reduction=reduction, log_target=log_target
         )
         assert_everywhere(same_bits(on_cpu.numpy(), got), f"{sbp}: the CPU placement differs")
+
+
+@pytest.mark.parametrize("sbp", [flow.sbp.split(1), flow.sbp.split(0)], ids=str)
+def test_vocabulary_split_log_softmax_on_the_gpu_has_the_cpu_bits(world, sbp):
+    s_full = seeded((3, 11), np.float32, seed=61) * np.float32(3)
+    t_full = seeded((3, 11), np.float32, seed=62) * np.float32(3)
+
+    def pipeline(s, t):
+        loss = F.kl_div(
+            F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), reduction="batchmean", log_target=True
+        )
+        loss.backward()
+        return loss
+
+    cpu_s = flow.from_numpy(s_full.copy())
+    cpu_s.requires_grad = True
+    cpu_loss = pipeline(cpu_s, flow.from_numpy(t_full.copy()))
+    s = _global(s_full, sbp, requires_grad=True)
+    loss = pipeline(s, _global(t_full, sbp))
+    assert_everywhere(same_bits(loss.numpy(), cpu_loss.numpy()), f"loss {loss.numpy()} vs {cpu_loss.numpy()}")
+    assert_everywhere(same_bits(s.grad.numpy(), cpu_s.grad.numpy()), "gradient bits")

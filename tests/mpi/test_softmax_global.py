@@ -147,3 +147,27 @@ def test_a_bad_dim_is_one_error_everywhere(world):
     raises_everywhere(
         comm.CollectiveError, r"IndexError: Dimension out of range", lambda: F.log_softmax(x, dim=2)
     )
+
+
+@pytest.mark.parametrize("sbp", [S1, S0, B], ids=str)
+def test_second_derivatives_equal_the_single_process_ones(world, sbp):
+    placement = flow.placement.all("cpu")
+    x_full = seeded((5, 9), np.float64, seed=51)
+    w_full = seeded((5, 9), np.float64, seed=52)
+
+    def second(x, w):
+        loss = F.kl_div(
+            F.log_softmax(x, dim=1), F.log_softmax(x * 0.5, dim=1), reduction="batchmean", log_target=True
+        )
+        (g,) = flow.autograd.grad(loss, x, create_graph=True)
+        (g * w).sum().backward()
+        return g.detach().numpy(), x.grad.numpy()
+
+    single_x = flow.from_numpy(x_full.copy())
+    single_x.requires_grad = True
+    want_g, want_gg = second(single_x, flow.from_numpy(w_full))
+    x = as_global(x_full, placement, (sbp,), requires_grad=True)
+    got_g, got_gg = second(x, as_global(w_full, placement, (sbp,)))
+    assert_everywhere(got_g.tobytes() == want_g.tobytes(), "first derivative bits")
+    close = np.allclose(got_gg, want_gg, rtol=1e-12, atol=1e-15)
+    assert_everywhere(close, f"second derivative: {np.abs(got_gg - want_gg).max()}")

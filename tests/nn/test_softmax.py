@@ -250,3 +250,76 @@ def test_modules_have_no_parameters_and_keep_dim_in_state():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m(flow.tensor([1.0, 2.0]))  # an explicit dim: no warning
+
+
+def test_signed_zero_maxima_do_not_depend_on_order_or_split():
+    rows = np.array([[-0.0, 0.0, -0.0], [0.0, -0.0, -0.0], [-0.0, -0.0, -0.0]], np.float64)
+    maxima = kernels.row_maxima(rows)
+    assert [np.signbit(m) for m in maxima] == [False, False, True]
+    pieces = [kernels.row_maxima(np.ascontiguousarray(rows[:, i : i + 1])) for i in range(3)]
+    from klflow.ops.softmax import _combined_maxima
+
+    assert _combined_maxima(np.stack(pieces)).tobytes() == maxima.tobytes()
+    out = F.log_softmax(flow.tensor(rows[:, ::-1].copy()), dim=1).numpy()
+    assert out[:, ::-1].tobytes() == F.log_softmax(flow.tensor(rows), dim=1).numpy().tobytes()
+
+
+def test_top_level_names_as_oneflow():
+    x = flow.tensor([[1.0, 2.0], [0.0, 0.0]])
+    assert flow.softmax(x, dim=1).numpy().tobytes() == F.softmax(x, dim=1).numpy().tobytes()
+    assert flow.log_softmax(x, dim=0).numpy().tobytes() == F.log_softmax(x, dim=0).numpy().tobytes()
+
+
+def _finite_difference(phi, x0: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    out = np.zeros_like(x0)
+    for index in np.ndindex(x0.shape):
+        up, down = x0.copy(), x0.copy()
+        up[index] += h
+        down[index] -= h
+        out[index] = (phi(up) - phi(down)) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("dim", [1, 0])
+def test_second_derivatives_against_finite_differences(dim):
+    """d/dx of w·∇L for L = kl_div(log_softmax(x), log_softmax(x / 2), batchmean, log_target)
+    and for L = sum(softmax(x) * y): through the gradients' graphs (backward(create_graph=True)),
+    the upstream gradient of log_softmax depending on x itself."""
+    rng = np.random.default_rng(7)
+    x0, w, y = rng.standard_normal((3, 5)), rng.standard_normal((3, 5)), rng.dirichlet(np.ones(5), 3)
+    batch = x0.shape[0]
+
+    def grad_distill(xx):
+        ls, lt = ref.log_softmax(xx, dim), ref.log_softmax(xx / 2, dim)
+        d_ls, d_lt = -np.exp(lt) / batch, np.exp(lt) * (lt - ls + 1) / batch
+        return ref.log_softmax_grad(xx, d_ls, dim) + 0.5 * ref.log_softmax_grad(xx / 2, d_lt, dim)
+
+    cases = [
+        (
+            lambda x: F.kl_div(
+                F.log_softmax(x, dim=dim),
+                F.log_softmax(x * 0.5, dim=dim),
+                reduction="batchmean",
+                log_target=True,
+            ),
+            grad_distill,
+        ),
+        (
+            lambda x: (F.softmax(x, dim=dim) * flow.tensor(y, dtype=flow.float64)).sum(),
+            lambda xx: ref.softmax_grad(xx, y, dim),
+        ),
+    ]
+    for loss_of, reference_grad in cases:
+        x = flow.tensor(x0, dtype=flow.float64, requires_grad=True)
+        (g,) = flow.autograd.grad(loss_of(x), x, create_graph=True)
+        np.testing.assert_allclose(g.detach().numpy(), reference_grad(x0), rtol=1e-12, atol=1e-14)
+        (g * flow.tensor(w, dtype=flow.float64)).sum().backward()
+        expected = _finite_difference(lambda xx, grad=reference_grad: float(np.sum(w * grad(xx))), x0)
+        np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_a_bool_tensor_is_refused():
+    mask = flow.tensor([1.0, 2.0]) > 1.5
+    for function in (F.softmax, F.log_softmax):
+        with pytest.raises(RuntimeError, match="not implemented for klflow.bool: it needs a floating dtype"):
+            function(mask, dim=0)

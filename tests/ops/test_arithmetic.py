@@ -174,6 +174,11 @@ def test_comparisons_return_bool_tensors_and_hash_by_identity():
     ):
         assert got.dtype == flow.bool and got.tolist() == want and not got.requires_grad
     assert repr(a == b) == "tensor([False,  True, False], dtype=klflow.bool)"
+    assert (a == b).float().tolist() == [0.0, 1.0, 0.0]
+    one = flow.tensor([2.0]) == 2.0
+    assert (
+        one.item() is True and bool(one) and repr(flow.tensor(1.0) > 2) == "tensor(False, dtype=klflow.bool)"
+    )
     assert hash(a) == object.__hash__(a)
     assert len({a, b, a}) == 2
     half = flow.tensor([0.1], dtype=flow.float16)
@@ -227,3 +232,28 @@ def test_matches_pytorch_where_installed():
         a32 = flow.tensor(a)
         assert (a32 * scalar).numpy().tobytes() == (torch.tensor(a) * scalar).numpy().tobytes()
     assert ((flow.tensor(a) > 0) == flow.tensor(a > 0, dtype=flow.bool)).tolist() == [[True] * 4] * 3
+
+
+def test_in_place_ops_write_into_the_tensor():
+    data = np.array([1.0, 2.0], dtype=np.float32)
+    t = flow.from_numpy(data)
+    same = t
+    t += 1.0
+    t *= flow.tensor([2.0, 3.0])
+    t -= 0.5
+    t /= 2.0
+    assert t is same and data.tolist() == [1.75, 4.25]  # the shared NumPy array sees it
+    assert t.add_(1.0) is t and t.mul_(2.0).sub_(1.0).div_(2.0).tolist() == [2.25, 4.75]
+    with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+        t += flow.tensor(np.ones((2, 2), np.float32))
+    w = flow.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        w -= 0.1
+    (w * w).sum().backward()
+    alias = w
+    with flow.no_grad():
+        w -= 0.25 * w.grad  # a gradient step on the parameter itself
+    assert alias.tolist() == [0.5, 1.0] and w.requires_grad
+    h = flow.tensor([1.0], dtype=flow.float16)
+    h *= flow.tensor([3.0], dtype=flow.float64)
+    assert h.dtype == flow.float16 and h.tolist() == [3.0]

@@ -27,6 +27,68 @@ def _as_tuple(value: Any) -> tuple:
     return (value,)
 
 
+def _seeds(outs: tuple, given: tuple, retain: bool) -> list[Any]:
+    """Validated seeds for ``outs`` (1 for one-element outputs without a given gradient), after
+    the backward agreement when the graph is global (a problem on one rank raises on all)."""
+    from klflow import conversion
+    from klflow.tensor import Tensor, _check_gradient, _converted_gradient, tensor
+
+    problem: Exception | None = None
+    seeds: list[Any] = []
+    try:
+        bad = [type(t).__name__ for t in outs if not isinstance(t, Tensor)]
+        if bad:
+            raise TypeError(f"expected tensors as outputs, got {bad[0]}")
+        if given and len(given) != len(outs):
+            raise RuntimeError(
+                f"one gradient is needed per output: got {len(given)} gradients and {len(outs)} outputs"
+            )
+        for i, out in enumerate(outs):
+            if not out.requires_grad:
+                raise RuntimeError(
+                    f"element {i} of tensors does not require grad and does not have a grad_fn"
+                )
+        for i, out in enumerate(outs):
+            g = given[i] if given else None
+            if g is None:
+                if out.numel() != 1:
+                    raise RuntimeError(
+                        f"grad can be implicitly created only for scalar outputs; output {i} has "
+                        f"shape {list(out.shape)}: pass its gradient with that shape"
+                    )
+                seeds.append(None)
+            else:
+                g = g if isinstance(g, Tensor) else tensor(g, dtype=out.dtype)
+                _check_gradient(out, g)
+                seeds.append(g)
+    except Exception as err:
+        problem = err
+    communicating = [out for out in outs if isinstance(out, Tensor) and graph.communicates(out)]
+    for out in communicating:
+        graph.agree_on_backward(out, bool(given), retain, problem)
+    if problem is not None:
+        raise problem
+    return [
+        conversion.gradient_seed(out) if g is None else _converted_gradient(out, g)
+        for out, g in zip(outs, seeds, strict=True)
+    ]
+
+
+def backward(
+    tensors: Tensor | Sequence[Tensor],
+    grad_tensors: Tensor | Sequence[Tensor | None] | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> None:
+    """Accumulate the gradients of ``tensors`` (weighted by ``grad_tensors``) into the ``.grad``
+    of the leaves: ``Tensor.backward`` for several outputs at once, as OneFlow's
+    ``flow.autograd.backward``. Collective for global tensors."""
+    outs = _as_tuple(tensors)
+    retain = bool(create_graph) if retain_graph is None else bool(retain_graph)
+    seeds = _seeds(outs, _as_tuple(grad_tensors), retain)
+    graph.run_backward(list(outs), seeds, retain, create_graph=bool(create_graph))
+
+
 def grad(
     outputs: Tensor | Sequence[Tensor],
     inputs: Tensor | Sequence[Tensor],
@@ -39,60 +101,19 @@ def grad(
     in the order of ``inputs``). ``grad_outputs`` may be omitted for one-element outputs (then 1).
     ``retain_graph`` defaults to ``create_graph``. An input the outputs do not depend on is an
     error unless ``allow_unused`` (its entry is then None). Collective for global tensors."""
-    from klflow import conversion
-    from klflow.tensor import Tensor, _check_gradient, _converted_gradient, tensor
+    from klflow.tensor import Tensor
 
     outs = _as_tuple(outputs)
     ins = _as_tuple(inputs)
-    given = _as_tuple(grad_outputs)
     retain = bool(create_graph) if retain_graph is None else bool(retain_graph)
-    problem: Exception | None = None
-    seeds: list[Any] = []
-    try:
-        if not outs or not ins:
-            raise RuntimeError("grad requires at least one output and one input")
-        for name, group in (("outputs", outs), ("inputs", ins)):
-            bad = [type(t).__name__ for t in group if not isinstance(t, Tensor)]
-            if bad:
-                raise TypeError(f"grad expects tensors as {name}, got {bad[0]}")
-        if given and len(given) != len(outs):
-            raise RuntimeError(
-                f"grad requires one grad_output per output: got {len(given)} grad_outputs and "
-                f"{len(outs)} outputs"
-            )
-        for i, out in enumerate(outs):
-            if not out.requires_grad:
-                raise RuntimeError(
-                    f"element {i} of tensors does not require grad and does not have a grad_fn"
-                )
-        for t in ins:
-            if not t.requires_grad:
-                raise RuntimeError("One of the differentiated Tensors does not require grad")
-        for i, out in enumerate(outs):
-            g = given[i] if given else None
-            if g is None:
-                if out.numel() != 1:
-                    raise RuntimeError(
-                        f"grad can be implicitly created only for scalar outputs; output {i} has "
-                        f"shape {list(out.shape)}: pass grad_outputs= with that shape"
-                    )
-                seeds.append(None)
-            else:
-                g = g if isinstance(g, Tensor) else tensor(g, dtype=out.dtype)
-                _check_gradient(out, g)
-                seeds.append(g)
-    except Exception as err:
-        problem = err
-    communicating = [out for out in outs if isinstance(out, Tensor) and graph.communicates(out)]
-    if communicating:
-        for out in communicating:
-            graph.agree_on_backward(out, bool(given), retain, problem)
-    elif problem is not None:
-        raise problem
-    seeds = [
-        conversion.gradient_seed(out) if g is None else _converted_gradient(out, g)
-        for out, g in zip(outs, seeds, strict=True)
-    ]
+    if not outs or not ins:
+        raise RuntimeError("grad requires at least one output and one input")
+    bad = [type(t).__name__ for t in ins if not isinstance(t, Tensor)]
+    if bad:
+        raise TypeError(f"grad expects tensors as inputs, got {bad[0]}")
+    if not all(t.requires_grad for t in ins):
+        raise RuntimeError("One of the differentiated Tensors does not require grad")
+    seeds = _seeds(outs, _as_tuple(grad_outputs), retain)
     results = graph.run_backward(
         list(outs), seeds, retain, create_graph=bool(create_graph), capture=list(ins)
     )

@@ -5,7 +5,8 @@ dim); the output is C-contiguous. Every value is computed in float64 and rounded
 it is stored in a float32 or float16 output: for ``+ - * /`` of float32 operands that is the
 correctly rounded float32 result (float64 holds more than twice float32's precision), so the bits
 are NumPy's on the CPU, and a float16 output rounds that float32 value once more, as the CPU does.
-``exp``, ``log`` and ``pow`` use CUDA's ``math`` functions in float64 (within an ulp of the CPU's).
+``exp`` and ``log`` are klflow's own float64 functions, compiled from the CPU's source (the same
+bits on both devices); ``pow`` uses CUDA's in float64 (within an ulp of the CPU's).
 
 >>> OPS["add"], UNARY_OPS["exp"]
 (0, 1)
@@ -100,24 +101,29 @@ def compare_kernel(op, a, b, a_strides, b_strides, shape, ndim, narrow, out):
         out[i] = _compare(op, np.float64(a[ia]), np.float64(b[ib]))
 
 
-@cuda.jit
-def unary_kernel(op, a, narrow, out):
-    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        x = np.float64(a[i])
-        if op == 0:
-            r = -x
-        elif op == 1:
-            r = math.exp(x)
-        elif x < 0.0:
-            r = math.nan
-        elif x == 0.0:
-            r = -math.inf
-        else:
-            r = math.log(x)
-        if narrow:
-            out[i] = np.float32(r)
-        else:
-            out[i] = r
+def _unary_kernel():
+    # exp64/log64 compiled for the device from the CPU's source (see klflow.kernels.cuda).
+    from klflow.kernels.cuda import exp64, log64
+
+    @cuda.jit
+    def unary_kernel(op, a, narrow, out):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            x = np.float64(a[i])
+            if op == 0:
+                r = -x
+            elif op == 1:
+                r = exp64(x)
+            else:
+                r = log64(x)
+            if narrow:
+                out[i] = np.float32(r)
+            else:
+                out[i] = r
+
+    return unary_kernel
+
+
+_unary_kernels: list = []
 
 
 def _launch(kernel: Any, n: int, *args: Any) -> None:
@@ -129,6 +135,9 @@ def _launch(kernel: Any, n: int, *args: Any) -> None:
 
 def _broadcast_strides(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
     """Element strides of a C-contiguous array of ``shape`` read as ``out_shape`` (0 where broadcast)."""
+    extra = len(shape) - len(out_shape)  # a (1,)-shaped scalar read into a 0-dim output
+    if extra > 0:
+        shape = shape[extra:]
     strides = [0] * len(out_shape)
     step = 1
     offset = len(out_shape) - len(shape)
@@ -170,9 +179,11 @@ def unary(op: str, a: Any) -> Any:
     from klflow.kernels import cuda as cuda_kernels
 
     out = cuda_kernels._empty(tuple(a.shape), a.dtype)
+    if not _unary_kernels:
+        _unary_kernels.append(_unary_kernel())
     if a.size:
         _launch(
-            unary_kernel,
+            _unary_kernels[0],
             a.size,
             UNARY_OPS[op],
             cuda_kernels._flat(a),

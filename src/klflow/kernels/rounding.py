@@ -20,14 +20,20 @@ import math
 import numpy as np
 
 from klflow.kernels import bounded_sum, exact_sum
-from klflow.kernels.bfloat16 import BFLOAT16, round_to_bfloat16
+from klflow.kernels.bfloat16 import is_bfloat16, round_to_bfloat16
 
 _FORMATS = {  # precision bits, smallest and largest normal exponent
     np.dtype(np.float64): (53, -1022, 1023),
     np.dtype(np.float32): (24, -126, 127),
     np.dtype(np.float16): (11, -14, 15),
-    BFLOAT16: (8, -126, 127),
 }
+_BFLOAT16_FORMAT = (8, -126, 127)
+
+
+def _format(dtype: np.dtype) -> tuple[int, int, int]:
+    return _BFLOAT16_FORMAT if is_bfloat16(dtype) else _FORMATS[dtype]
+
+
 _FLOAT64 = _FORMATS[np.dtype(np.float64)]
 
 
@@ -42,7 +48,7 @@ def _divided(value: float, divisor: int, dtype: np.dtype) -> np.ndarray:
 
 def _as_dtype(value: float, dtype: np.dtype) -> np.ndarray:
     """A float64 as a 0-d array of ``dtype``, rounded once (bfloat16 straight from float64)."""
-    if dtype == BFLOAT16:
+    if is_bfloat16(dtype):
         return round_to_bfloat16(np.array(value))
     return np.array(value, dtype=dtype)
 
@@ -55,7 +61,7 @@ def finish(state: np.ndarray, divisor: int, dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     if divisor == 1:
-        return _as_dtype(exact_sum.round_to_float(state, *_FORMATS[dtype]), dtype)
+        return _as_dtype(exact_sum.round_to_float(state, *_format(dtype)), dtype)
     return _divided(exact_sum.round_to_float(state, *_FLOAT64), divisor, dtype)
 
 
@@ -80,7 +86,7 @@ def bounded_value(
     ends = []
     for value in (center - width, center + width):
         if divisor == 1:
-            ends.append(_as_dtype(exact_sum.round_value(value, *_FORMATS[dtype]), dtype))
+            ends.append(_as_dtype(exact_sum.round_value(value, *_format(dtype)), dtype))
         else:
             ends.append(_divided(exact_sum.round_value(value, *_FLOAT64), divisor, dtype))
     low, high = ends

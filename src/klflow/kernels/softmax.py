@@ -36,6 +36,7 @@ from klflow.kernels.bits import f64_as_i64, i64_as_f64
 from klflow.kernels.cpu import narrow, widen
 from klflow.kernels.fastmath import exp64, log64
 from klflow.kernels.jit import inlinable, jit, variant
+from klflow.kernels.vector_width import use_full_vector_width
 
 BLOCK = 2048  # terms buffered per exact-sum step (L1-resident)
 ROWS_SERIAL_BELOW = 1 << 15  # elements under which one thread does every row
@@ -146,12 +147,25 @@ def _round_plain(states: np.ndarray, totals: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------ per-row steps
+_MAGNITUDE_BITS = 0x7FFFFFFFFFFFFFFF
+
+
 @inlinable
 def _row_max(row: np.ndarray) -> float:
-    m = -np.inf
+    """The row's maximum as :func:`combine_max` defines it (NaN if any, +0.0 above -0.0), as an
+    integer maximum of order-preserving keys, which vectorises (a float maximum does not)."""
+    largest = np.int64(-_MAGNITUDE_BITS - 1)  # below every key
+    nans = 0
     for j in range(row.size):
-        m = combine_max(m, widen(row[j]))
-    return m
+        value = widen(row[j])
+        bits = f64_as_i64(value)
+        largest = max(largest, bits ^ ((bits >> 63) & _MAGNITUDE_BITS))
+        nans += value != value
+    if nans:
+        return np.nan
+    if row.size == 0:
+        return -np.inf
+    return i64_as_f64(largest ^ ((largest >> 63) & _MAGNITUDE_BITS))
 
 
 @inlinable
@@ -218,6 +232,7 @@ def _write_grads(
 # ------------------------------------------------------------------ kernels (one case each)
 def _make_forward_kernel(log: bool) -> Callable:
     def forward_kernel(x, out, maxima, totals):
+        use_full_vector_width()
         state = np.empty(exact_sum.STATE_LEN, dtype=np.int64)
         digits = np.empty(_NDIGITS, dtype=np.int64)
         buffer = np.empty(BLOCK, dtype=np.float64)
@@ -239,6 +254,7 @@ def _make_forward_kernel(log: bool) -> Callable:
 
 def _make_backward_kernel(log: bool) -> Callable:
     def backward_kernel(x, grad, maxima, totals, out):
+        use_full_vector_width()
         state = np.empty(exact_sum.STATE_LEN, dtype=np.int64)
         digits = np.empty(_NDIGITS, dtype=np.int64)
         buffer = np.empty(BLOCK, dtype=np.float64)
@@ -253,6 +269,7 @@ def _make_backward_kernel(log: bool) -> Callable:
 
 def _make_maxima_kernel() -> Callable:
     def maxima_kernel(x, maxima):
+        use_full_vector_width()
         for r in range(x.shape[0]):
             maxima[r] = _row_max(x[r])
 
@@ -261,6 +278,7 @@ def _make_maxima_kernel() -> Callable:
 
 def _make_states_kernel() -> Callable:
     def states_kernel(x, maxima, states):
+        use_full_vector_width()
         buffer = np.empty(BLOCK, dtype=np.float64)
         for r in range(x.shape[0]):
             if math.isfinite(maxima[r]):
@@ -271,6 +289,7 @@ def _make_states_kernel() -> Callable:
 
 def _make_grad_states_kernel(log: bool) -> Callable:
     def grad_states_kernel(x, grad, maxima, totals, states):
+        use_full_vector_width()
         buffer = np.empty(BLOCK, dtype=np.float64)
         for r in range(x.shape[0]):
             _add_grad_terms(x[r], grad[r], maxima[r], totals[r], log, states[r], buffer)
@@ -280,6 +299,7 @@ def _make_grad_states_kernel(log: bool) -> Callable:
 
 def _make_outputs_kernel(log: bool) -> Callable:
     def outputs_kernel(x, maxima, totals, out):
+        use_full_vector_width()
         for r in range(x.shape[0]):
             _write_outputs(x[r], out[r], maxima[r], totals[r], log)
 
@@ -288,6 +308,7 @@ def _make_outputs_kernel(log: bool) -> Callable:
 
 def _make_grads_kernel(log: bool) -> Callable:
     def grads_kernel(x, grad, maxima, totals, grad_totals, out):
+        use_full_vector_width()
         for r in range(x.shape[0]):
             _write_grads(x[r], grad[r], out[r], maxima[r], totals[r], grad_totals[r], log)
 

@@ -13,13 +13,14 @@ depend on how the row is split over threads or ranks):
 The sums in the backward formulas are exact sums correctly rounded to float64 as well. ``exp``
 and ``log`` are the caller's (each target's build of :mod:`klflow.kernels.fastmath`), and the one
 multiply-add is written as ``_mul_add`` (rounded once), because NVVM would otherwise fuse a plain
-``g - p * s`` on the GPU and not on the CPU. :func:`compiled_for` rebuilds the functions with
-another target's ``_mul_add``.
+``g - p * s`` on the GPU and not on the CPU; the division is ``_divide`` (IEEE, without numba's
+zero check, which would stop the CPU loops vectorising). :func:`compiled_for` rebuilds the
+functions with another target's ``_mul_add`` and ``_divide``.
 
 >>> log_softmax_value(-1.0, 0.6931471805599453)
 -1.6931471805599454
->>> softmax_value(0.5, 2.0)
-0.25
+>>> combine_max(-0.0, 0.0), combine_max(float("nan"), 1.0)
+(0.0, nan)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import FunctionType, SimpleNamespace
 
-from klflow.kernels.fastmath import _mul_add
+from klflow.kernels.fastmath import _divide, _mul_add
 
 __all__ = [
     "combine_max",
@@ -40,9 +41,17 @@ __all__ = [
 
 
 def combine_max(a, b):
-    """The larger of two float64 values, NaN if either is NaN (order independent but for the
-    NaN's payload, which no result shows: a NaN row is NaN everywhere)."""
-    return a if (a >= b or a != a) else b
+    """The larger of two float64 values, NaN if either is NaN, +0.0 above -0.0: independent of
+    the order (but for a NaN's payload, which no result shows: a NaN row is NaN everywhere)."""
+    if a > b:
+        return a
+    if b > a:
+        return b
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a + b if a == 0.0 else a  # equal: only zeros may differ, in sign (-0 + 0 = +0)
 
 
 def log_softmax_value(shifted, log_total):
@@ -52,7 +61,7 @@ def log_softmax_value(shifted, log_total):
 
 def softmax_value(exp_shifted, total):
     """One element of softmax from ``exp(x - m)`` and the row's total."""
-    return exp_shifted / total
+    return _divide(exp_shifted, total)
 
 
 def log_softmax_grad(grad, probability, grad_total):
@@ -68,18 +77,19 @@ def softmax_grad(grad, probability, weighted_total):
 _FUNCTIONS = (combine_max, log_softmax_value, softmax_value, log_softmax_grad, softmax_grad)
 
 
-def compiled_for(decorate: Callable, *, mul_add: Callable) -> SimpleNamespace:
-    """The functions above compiled by ``decorate`` with ``mul_add`` as the fused multiply-add
-    (``cuda.jit(device=True)`` and ``cuda.fma`` on the GPU; the identity and
-    :func:`klflow.kernels.pyfloat.fma` run them as Python).
+def compiled_for(decorate: Callable, *, mul_add: Callable, divide: Callable) -> SimpleNamespace:
+    """The functions above compiled by ``decorate`` with ``mul_add`` as the fused multiply-add and
+    ``divide`` as IEEE division (``cuda.jit(device=True)``, ``cuda.fma`` and ``div.rn`` on the
+    GPU; the identity and :mod:`klflow.kernels.pyfloat`'s primitives run them as Python).
 
     >>> from klflow.kernels import pyfloat
-    >>> python = compiled_for(lambda f: f, mul_add=pyfloat.fma)
+    >>> python = compiled_for(lambda f: f, mul_add=pyfloat.fma, divide=pyfloat.divide)
     >>> python.log_softmax_grad(1.0, 0.25, 2.0)
     0.5
     """
     namespace = dict(globals())
     namespace["_mul_add"] = mul_add
+    namespace["_divide"] = divide
     compiled = {}
     for function in _FUNCTIONS:
         clone = FunctionType(function.__code__, namespace, function.__name__, function.__defaults__)

@@ -160,6 +160,11 @@ def _softmax_call(x: Tensor | Any, dim: Any, log: bool) -> Tensor:
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"{name}(): argument 'dim' must be int, not {type(dim).__name__}")
         normalized = _normalize_dim(dim, x.ndim)
+        if not x.dtype.is_floating_point:
+            raise RuntimeError(
+                f'"{name}" not implemented for {x.dtype}: it needs a floating dtype (convert with '
+                f"x.float() or x.double())"
+            )
     except Exception as err:  # on a global input every rank must learn of it
         problem = err
     if collective:

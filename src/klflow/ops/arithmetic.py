@@ -4,7 +4,7 @@ by a scalar, unary ``-``, ``exp``, ``log``, comparisons, ``reshape``/``view`` an
 Broadcasting follows NumPy/OneFlow; a gradient is summed back (exactly) to its input's shape.
 dtypes promote as in PyTorch/OneFlow: the wider float of two tensors (a 0-dim tensor defers to a
 dimensioned one), a Python scalar keeps the tensor's dtype, ``bool`` tensors promote to the other
-operand's float. On the CPU every operation is NumPy's IEEE operation in the result dtype
+operand's float. On the CPU every ``+ - * /`` is NumPy's IEEE operation in the result dtype
 (a Python scalar is first rounded to the tensor's dtype, as OneFlow's scalar operations do;
 float16 is computed in float32 and rounded once, exact for ``+ - * /``); on CUDA the kernels of
 :mod:`klflow.kernels.elementwise_cuda` give the same bits for ``+ - * /``.
@@ -83,7 +83,7 @@ def result_dtype(a: Operand, b: Operand) -> dtypes.dtype:
         return a.dtype
     if (a.ndim == 0) != (b.ndim == 0):  # a 0-dim tensor does not widen a dimensioned one
         return b.dtype if a.ndim == 0 else a.dtype
-    if {a.dtype, b.dtype} == {dtypes.float16, dtypes.bfloat16}:
+    if {a.dtype.name, b.dtype.name} == {"float16", "bfloat16"}:
         return dtypes.float32  # neither holds the other
     return a.dtype if a.dtype.itemsize >= b.dtype.itemsize else b.dtype
 
@@ -93,7 +93,7 @@ def _compute_dtype(dtype: dtypes.dtype) -> np.dtype:
     from it, as klflow's bfloat16 does everywhere)."""
     if dtype == dtypes.float16:
         return np.dtype(np.float32)
-    if dtype == dtypes.bfloat16:
+    if dtypes.is_bfloat16(dtype):  # by name: asking does not load ml_dtypes
         return np.dtype(np.float64)
     return dtype.numpy
 
@@ -103,7 +103,7 @@ def _values(a: Any, dtype: dtypes.dtype) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == dtype.numpy:
         return a
-    if dtype == dtypes.bfloat16:
+    if dtypes.is_bfloat16(dtype):
         return dtypes.cast_host(a.astype(np.float64), dtype)
     return a.astype(dtype.numpy)
 
@@ -139,10 +139,16 @@ def host_binary(op: str, a: Any, b: Any, value_dtype: dtypes.dtype) -> np.ndarra
 
 
 def host_unary(op: str, a: np.ndarray) -> np.ndarray:
+    """``-a`` exactly; ``exp``/``log`` from klflow's float64 functions (the CUDA kernels' source,
+    so both devices give the same bits), rounded to float32 first for float32 and float16."""
     dtype = dtypes.of_array(a.dtype)
-    x = np.asarray(a).astype(_compute_dtype(dtype), copy=False)
-    with np.errstate(all="ignore"):
-        out = {"neg": np.negative, "exp": np.exp, "log": np.log}[op](x)
+    if op == "neg":
+        return np.asarray(np.negative(a))
+    from klflow.kernels import elementwise_cpu
+
+    out = getattr(elementwise_cpu, op)(np.asarray(a))
+    if dtype in (dtypes.float32, dtypes.float16):
+        out = out.astype(np.float32)
     return _rounded(out, dtype)
 
 

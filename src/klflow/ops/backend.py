@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from klflow.kernels import rounding
-from klflow.kernels.bfloat16 import BFLOAT16, round_to_bfloat16, widen
+from klflow.kernels.bfloat16 import bfloat16_dtype, is_bfloat16, round_to_bfloat16, widen
 from klflow.kernels.bounded_sum import BoundedSum
 from klflow.tensor import Tensor
 
@@ -61,6 +61,8 @@ class WidenedBackend:
     the values the float16 path computes for its inputs; the reductions add the same terms
     exactly and round the exact sum once (or divide its correctly rounded float64 value), as for
     float16, and outputs and gradients are rounded straight from float64, never through float32.
+    A reduction without the fused gradient runs on float32 copies (exact) instead, to take the
+    bounded fast path: the same terms, and a bfloat16 result the bound proves (or the exact one).
     """
 
     __name__ = "klflow.ops.backend.WidenedBackend"
@@ -74,8 +76,22 @@ class WidenedBackend:
     def reduce(
         self, x: Any, y: Any, log_target: bool, divisor: int, grad_coef: float | None = None
     ) -> tuple[Any, Partial, Any]:
+        if grad_coef is None:
+            # float32 holds every bfloat16 exactly and its kernels compute the same float64 terms,
+            # through the bounded fast path; the bound then decides the bfloat16 result itself.
+            _, partial, _ = self.inner.reduce(
+                np.asarray(x).astype(np.float32), np.asarray(y).astype(np.float32), log_target, divisor
+            )
+            found = self.inner.host_partial(partial)
+            if not isinstance(found, BoundedSum):
+                return rounding.finish(found, divisor, bfloat16_dtype()), partial, None
+            value = rounding.bounded_value(found.state, found.magnitude_total, divisor, bfloat16_dtype())
+            if value is not None:
+                return value, partial, None
+            state, _ = self.reduce_sum(x, y, log_target)  # not proven: add every term exactly
+            return rounding.finish(state, divisor, bfloat16_dtype()), state, None
         state, grad = self.inner.reduce_sum(widen(x), widen(y), log_target, grad_coef)
-        return rounding.finish(state, divisor, BFLOAT16), state, _narrowed(grad)
+        return rounding.finish(state, divisor, bfloat16_dtype()), state, _narrowed(grad)
 
     def reduce_sum(
         self, x: Any, y: Any, log_target: bool, grad_coef: float | None = None
@@ -108,7 +124,7 @@ def backend_for(t: Tensor) -> Backend:
     if t.device.type == "cpu":
         from klflow.kernels import cpu
 
-        return WidenedBackend(cpu) if t.dtype.numpy == BFLOAT16 else cpu
+        return WidenedBackend(cpu) if is_bfloat16(t.dtype) else cpu
     from klflow.kernels import cuda as cuda_kernels
 
     return cuda_kernels

@@ -107,7 +107,7 @@ def _random_device(
 
 def _filled(extents: tuple[int, ...], value: float, dtype: dtypes.dtype, device: Device) -> Any:
     if device.type == CPU_TYPE:
-        return dtypes.cast_host(np.full(extents, value, dtype=np.float64), dtype)
+        return np.full(extents, dtypes.cast_host(np.array(value), dtype), dtype=dtype.numpy)
     from klflow import conversion
 
     return conversion.full(extents, value, dtype, device)

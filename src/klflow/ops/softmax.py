@@ -88,11 +88,40 @@ class SoftmaxBackward(graph.Node):
         kernels = _kernels(self.device.type)
         grad = _to_rows(grad_output._data, self.dim, kernels)
         out = kernels.backward(self.rows, grad, self.maxima, self.totals, self.log)
-        return (Tensor(_from_rows(out, self.shape, self.dim, kernels), device=self.device),)
+        result = Tensor(_from_rows(out, self.shape, self.dim, kernels), device=self.device)
+        if graph.is_grad_enabled():  # backward(create_graph=True): the gradient gets a graph
+            record_gradient_graph(result, self.inputs[0], grad_output, self.dim, self.log)
+        return (result,)
 
     def release(self) -> None:
         super().release()
         self.rows = self.maxima = self.totals = None
+
+
+def record_gradient_graph(grad_in: Tensor, x: Tensor, g: Tensor, dim: int, log: bool) -> None:
+    """Give the gradient of softmax/log_softmax (computed by the kernels, so its values keep their
+    bits) a graph of differentiable operations, for ``backward(create_graph=True)``. With
+    ``p = softmax(x)``, ``<a> = sum over dim of a`` and ``u`` the gradient of the gradient:
+
+    * log_softmax, ``g - p<g>``: d/dg = ``u - <u p>``, d/dx = ``-<g> p (u - <u p>)``;
+    * softmax, ``p (g - <g p>)``: d/dg = ``p (u - <u p>)``, d/dx = ``p (c - <c p>)`` with
+      ``c = u g - g <u p> - u <g p>`` (the gradient's derivative in ``p``, through softmax).
+    """
+    from klflow.ops.arithmetic import _record, to_layout_of
+
+    def partials(u: Tensor) -> tuple[Tensor | None, ...]:
+        p = softmax(x, dim, log=False)
+        up = (u * p).sum(dim, keepdim=True)
+        if log:
+            d_g = u - up
+            d_x = -(g.sum(dim, keepdim=True) * (p * d_g))
+        else:
+            d_g = p * (u - up)
+            c = u * g - g * up - u * (g * p).sum(dim, keepdim=True)
+            d_x = p * (c - (c * p).sum(dim, keepdim=True))
+        return (to_layout_of(d_x, x), to_layout_of(d_g, g))
+
+    _record(grad_in, f"{_name(log)}_grad", [x, g], partials)
 
 
 def _softmax_local(x: Tensor, dim: int, log: bool) -> Tensor:
@@ -130,13 +159,23 @@ class _RowGroup:
             return local
         with self.communicator.collective(f"{call}: row maxima") as region:
             gathered = region.allgatherv(local, [local.size] * self.communicator.size)
-        return gathered.reshape(self.communicator.size, local.size).max(axis=0)  # NaN propagates
+        return _combined_maxima(gathered.reshape(self.communicator.size, local.size))
 
     def states(self, local: np.ndarray, call: str, what: str) -> np.ndarray:
         if self.communicator is None:
             return local
         with self.communicator.collective(f"{call}: {what}") as region:
             return region.allreduce_sum(local)
+
+
+def _combined_maxima(maxima: np.ndarray) -> np.ndarray:
+    """The rows' maxima over the ranks' rows of maxima, as one row's kernel finds them: NaN if any
+    rank saw one, and +0.0 above -0.0 (the larger order-preserving key of the bits)."""
+    bits = maxima.view(np.int64)
+    keys = bits ^ ((bits >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))
+    largest = keys.max(axis=0)
+    out = (largest ^ ((largest >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+    return np.where(np.isnan(maxima).any(axis=0), np.nan, out)
 
 
 def _host(data: Any) -> np.ndarray:
@@ -198,7 +237,10 @@ class GlobalSoftmaxBackward(graph.Node):
             grad_totals = kernels.statistics(kernels.round_states(states))
             out = kernels.grads(rows, grad_rows, maxima, totals, grad_totals, self.log)
         data = _from_rows(out, shape, self.dim, kernels)
-        return (Tensor(data, device=grad.device, global_info=self.spec),)
+        result = Tensor(data, device=grad.device, global_info=self.spec)
+        if graph.is_grad_enabled():  # backward(create_graph=True)
+            record_gradient_graph(result, self.inputs[0], grad, self.dim, self.log)
+        return (result,)
 
     def release(self) -> None:
         super().release()

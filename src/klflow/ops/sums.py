@@ -26,7 +26,9 @@ import numpy as np
 from klflow.distributed import sbp as sbp_module
 from klflow.distributed import sbp_rules
 from klflow.distributed.layout import GlobalSpec
-from klflow.kernels import exact_rows
+from klflow.distributed.partials import PartialSum
+from klflow.kernels import exact_rows, rounding
+from klflow.kernels.bounded_sum import BOUNDED_DTYPES, BoundedSum
 from klflow.ops import global_tensors
 from klflow.ops.arithmetic import _boxed, _record, to_layout_of
 from klflow.ops.partial_values import Deferred, ExactStates
@@ -52,19 +54,48 @@ def _out_shape(shape: Sequence[int], dims: Sequence[int], keepdim: bool) -> tupl
     return tuple(n for d, n in enumerate(shape) if d not in dims)
 
 
-def _states(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
-    """Exact states of the sums over ``dims``, shaped (*kept dims, STATE_LEN)."""
+def _rows(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """``values`` as a 2-D array: one row per output element, the reduced dims along it."""
     kept = [d for d in range(values.ndim) if d not in dims]
     moved = np.transpose(values, (*kept, *dims)) if values.ndim else values
-    kept_shape = tuple(values.shape[d] for d in kept)
-    rows = math.prod(kept_shape)
-    states = exact_rows.row_states(np.reshape(moved, (rows, -1)) if rows else np.zeros((0, 1)))
+    rows = math.prod(values.shape[d] for d in kept)
+    return np.reshape(moved, (rows, -1)) if rows else np.zeros((0, 1), values.dtype)
+
+
+def _round_sums(values: np.ndarray, dims: Sequence[int], divisor: int) -> np.ndarray:
+    """The rounded sums over ``dims`` (not all dims), read in place where the reduced dims lead
+    (column sums) or trail (row sums) in memory, else from a transposed copy."""
+    if values.flags.c_contiguous and tuple(dims) == tuple(range(len(dims))):
+        kept = math.prod(values.shape[len(dims) :])
+        return exact_rows.round_row_sums(values.reshape(-1, kept), divisor, values.dtype, columns=True)
+    return exact_rows.round_row_sums(_rows(values, dims), divisor, values.dtype)
+
+
+def _states(values: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """Exact states of the sums over ``dims``, shaped (*kept dims, STATE_LEN)."""
+    kept_shape = tuple(n for d, n in enumerate(values.shape) if d not in dims)
+    states = exact_rows.row_states(_rows(values, dims))
     return states.reshape((*kept_shape, states.shape[-1]))
+
+
+def _whole_sum(values: np.ndarray, divisor: int) -> tuple[np.ndarray, Any]:
+    """(the sum of every element ÷ ``divisor``, rounded; the partial sum a global record keeps):
+    the bounded fast path for float32/float16, proven or else recomputed exactly."""
+    if values.dtype in BOUNDED_DTYPES and values.size:
+        bounded = exact_rows.bounded_total(values)
+        value = rounding.bounded_value(bounded.state, bounded.magnitude_total, divisor, values.dtype)
+        if value is not None:
+            return value, bounded
+    states = _states(values, tuple(range(values.ndim)))
+    return exact_rows.round_rows(states, divisor, values.dtype), states
 
 
 def host_reduce(values: np.ndarray, dims: Sequence[int], keepdim: bool, divisor: int) -> np.ndarray:
     """The exact sums over ``dims`` ÷ ``divisor``, rounded to ``values``' dtype (host arrays)."""
-    rounded = exact_rows.round_rows(_states(values, dims), divisor, values.dtype)
+    if len(dims) == values.ndim:
+        rounded, _ = _whole_sum(values, divisor)
+    else:
+        rounded = _round_sums(values, dims, divisor)
     return rounded.reshape(_out_shape(values.shape, dims, keepdim))
 
 
@@ -120,17 +151,36 @@ def _global_reduce(t: Tensor, dims: tuple[int, ...], keepdim: bool, divisor: int
     if not global_tensors.is_member(t.placement):
         return global_tensors.empty_component(spec, t.dtype.numpy), t
     values = _host(t)
-    states = _states(values, dims)
-    data = exact_rows.round_rows(states, divisor, values.dtype).reshape(spec.component_shape_of(_rank()))
+    component_shape = spec.component_shape_of(_rank())
     record = None
-    if reduces_split:
-        if keepdim:
-            states = states.reshape((*data.shape, states.shape[-1]))
-        record = ExactStates(states, divisor, values.dtype)
-    elif t._global.partial is not None and spec.partial_axes():
+    if reduces_split and len(dims) == values.ndim:
+        value, partial = _whole_sum(values, divisor)
+        data = value.reshape(component_shape)
+        record = _loss_like_partial(partial, values, divisor, t.dtype)
+    elif reduces_split:
+        states = _states(values, dims)
+        data = exact_rows.round_rows(states, divisor, values.dtype).reshape(component_shape)
+        record = ExactStates(states.reshape((*component_shape, states.shape[-1])), divisor, values.dtype)
+    else:
+        data = host_reduce(values, dims, keepdim, divisor).reshape(component_shape)
+    if record is None and t._global.partial is not None and spec.partial_axes():
         record = Deferred(lambda v: host_reduce(v, dims, keepdim, divisor), [t._global.partial])
     out = Tensor(_on_device(data, t), device=t.device, global_info=GlobalSpec(*_fields(spec), record))
     return out, t
+
+
+def _loss_like_partial(partial: Any, values: np.ndarray, divisor: int, dtype: Any) -> PartialSum:
+    """A whole sum's record, as a loss keeps its own: the bounded block sums with the exact
+    recomputation for the rare undecided total, or the exact state itself."""
+    if isinstance(partial, BoundedSum):
+        return PartialSum(
+            partial.state,
+            partial.magnitude_total,
+            divisor,
+            dtype,
+            lambda: _states(values, tuple(range(values.ndim))).reshape(-1),
+        )
+    return PartialSum(partial.reshape(-1), 0.0, divisor, dtype)
 
 
 def _fields(spec: GlobalSpec) -> tuple:
