@@ -5,14 +5,16 @@ The elements come from the same Python source as on the CPU (:mod:`klflow.kernel
 and ``exp64``/``log64`` of :mod:`klflow.kernels.fastmath` as :mod:`klflow.kernels.cuda` compiles
 them), so they are the CPU's operations one for one. The row statistics are exact: one block
 per row finds the maximum with a tree in shared memory (a maximum does not depend on the order),
-and its threads add every term into the row's exact-sum state with integer atomics
-(:func:`klflow.kernels.cuda.add_float_atomic`), whose order does not matter either. The states go
-to the host, where the CPU's own compiled rounding (:func:`klflow.kernels.softmax.round_states`)
-gives the totals; a global tensor all-reduces the states before that, as on the CPU.
+and its threads add every term into the block's shared exact-sum digits with integer atomics,
+through a three-digit window in registers (:func:`klflow.kernels.cuda.add_to_window`), whose
+order does not matter either. The states go to the host, where the CPU's own compiled rounding
+(:func:`klflow.kernels.softmax.round_states`) gives the totals; a global tensor all-reduces the
+states before that, as on the CPU.
 
-Each atomic adds less than ``2**32`` to a digit and the device never carries, so a row may hold
-up to ``2**31`` elements. Moving a softmax dimension that is not last goes through the host
-(a transposing copy); the last dimension, the usual case, is read in place.
+A thread's window takes less than ``2**32`` per term into a digit, and the block's digits are
+normalised before they become the row's state, so a row may hold up to ``2**31`` elements.
+Moving a softmax dimension that is not last goes through the host (a transposing copy); the last
+dimension, the usual case, is read in place.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ softmax_value = _formula.softmax_value
 log_softmax_grad = _formula.log_softmax_grad
 softmax_grad = _formula.softmax_grad
 exp64, log64 = base.exp64, base.log64
-add_float_atomic = base.add_float_atomic
-_kernel = base._kernel
+add_to_window, add_digits, normalize_digits = base.add_to_window, base.add_digits, base.normalize_digits
+_kernel, _device = base._kernel, base._device
 
 
 @_kernel
@@ -71,29 +73,64 @@ def row_max_kernel(x, n, maxima):
         maxima[row] = tree[0]
 
 
+@_device
+def _row_state(states, row, digits):
+    """Block epilogue: the block's shared digits, normalised, become the row's state (one block
+    per row owns its state: no atomics needed)."""
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        normalize_digits(digits)
+    cuda.syncthreads()
+    for j in range(cuda.threadIdx.x, _STATE_LEN, cuda.blockDim.x):
+        states[row * _STATE_LEN + j] = digits[j]
+
+
+@_device
+def _clear(digits):
+    for j in range(cuda.threadIdx.x, _STATE_LEN, cuda.blockDim.x):
+        digits[j] = 0
+    cuda.syncthreads()
+
+
 @_kernel
 def row_states_kernel(x, n, maxima, states):
-    """One block per row: every exp(x - m) added exactly into the row's state."""
+    """One block per row: every exp(x - m) added exactly into the row's state. Each thread keeps a
+    three-digit window in registers (:func:`klflow.kernels.cuda.add_to_window`) and adds it to the
+    block's shared digits only when a term leaves it, as the loss's exact pass does."""
+    digits = cuda.shared.array(_STATE_LEN, np.int64)
     row = cuda.blockIdx.x
+    _clear(digits)
     m = maxima[row]
-    if not (m - m == 0.0):  # NaN or an infinity: the row is NaN, its state unused
-        return
-    for j in range(cuda.threadIdx.x, n, cuda.blockDim.x):
-        add_float_atomic(states, row * _STATE_LEN, exp64(np.float64(x[row * n + j]) - m))
+    if m - m == 0.0:  # finite (NaN or an infinity: the row is NaN, its state unused)
+        window = -1
+        w0 = w1 = w2 = 0
+        for j in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+            term = exp64(np.float64(x[row * n + j]) - m)
+            window, w0, w1, w2 = add_to_window(digits, window, w0, w1, w2, term)
+        if window >= 0:
+            add_digits(digits, window, w0, w1, w2)
+    _row_state(states, row, digits)
 
 
 @_kernel
 def grad_states_kernel(x, grad, n, maxima, totals, log, states):
     """One block per row: every g (log_softmax) or g × softmax (softmax) added exactly."""
+    digits = cuda.shared.array(_STATE_LEN, np.int64)
     row = cuda.blockIdx.x
+    _clear(digits)
     m = maxima[row]
     total = totals[row]
+    window = -1
+    w0 = w1 = w2 = 0
     for j in range(cuda.threadIdx.x, n, cuda.blockDim.x):
         i = row * n + j
         g = np.float64(grad[i])
         if not log:
             g = g * softmax_value(exp64(np.float64(x[i]) - m), total)
-        add_float_atomic(states, row * _STATE_LEN, g)
+        window, w0, w1, w2 = add_to_window(digits, window, w0, w1, w2, g)
+    if window >= 0:
+        add_digits(digits, window, w0, w1, w2)
+    _row_state(states, row, digits)
 
 
 @_kernel
@@ -145,7 +182,7 @@ def row_states(x, maxima) -> object:
     """The rows' exact-sum states on the device (zero where the maximum is not finite)."""
     rows, n = x.shape
     states = cuda.to_device(np.zeros(rows * _STATE_LEN, dtype=np.int64))
-    if rows and n:
+    if rows:
         row_states_kernel[rows, _block()](_flat(x), n, maxima, states)
     return states
 
@@ -187,7 +224,7 @@ def forward(x, log: bool):
 def grad_states(x, grad, maxima, totals, log: bool):
     rows, n = x.shape
     states = cuda.to_device(np.zeros(rows * _STATE_LEN, dtype=np.int64))
-    if rows and n:
+    if rows:
         grad_states_kernel[rows, _block()](_flat(x), _flat(grad), n, maxima, totals, log, states)
     return states
 

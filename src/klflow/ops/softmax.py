@@ -110,7 +110,7 @@ def record_gradient_graph(grad_in: Tensor, x: Tensor, g: Tensor, dim: int, log: 
     from klflow.ops.arithmetic import _record, to_layout_of
 
     def partials(u: Tensor) -> tuple[Tensor | None, ...]:
-        p = softmax(x.detach() if not x.requires_grad else x, dim, log=False)
+        p = softmax(x, dim, log=False)
         up = (u * p).sum(dim, keepdim=True)
         if log:
             d_g = u - up
