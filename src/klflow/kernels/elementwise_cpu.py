@@ -9,6 +9,8 @@ the same bits: each element in float64, rounded to float32 (then to float16) on 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from klflow.kernels.fastmath import exp64, log64
@@ -20,29 +22,34 @@ from klflow.kernels.vector_width import use_full_vector_width
 def _exp(x: np.ndarray, out: np.ndarray) -> None:
     use_full_vector_width()
     for i in range(x.size):
-        out[i] = exp64(x[i])
+        out[i] = exp64(np.float64(x[i]))  # a float32 output rounds the float64 value once
 
 
 @jit
 def _log(x: np.ndarray, out: np.ndarray) -> None:
     use_full_vector_width()
     for i in range(x.size):
-        out[i] = log64(x[i])
+        out[i] = log64(np.float64(x[i]))
 
 
-def _apply(kernel, values: np.ndarray) -> np.ndarray:
-    flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)  # exact for every float dtype
-    out = np.empty_like(flat)
+def _apply(kernel, values: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):  # float16, bfloat16: widened exactly first
+        values = values.astype(np.float64)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    out = np.empty(flat.shape, dtype=out_dtype)
     if flat.size:
         kernel(flat, out)
-    return out.reshape(np.shape(values))
+    return out.reshape(values.shape)
 
 
-def exp(values: np.ndarray) -> np.ndarray:
-    """e**x of every element, in float64."""
-    return _apply(_exp, values)
+def exp(values: np.ndarray, out_dtype: Any = np.float64) -> np.ndarray:
+    """e**x of every element, computed in float64 and stored as ``out_dtype`` (float64 or
+    float32: rounded once)."""
+    return _apply(_exp, values, out_dtype)
 
 
-def log(values: np.ndarray) -> np.ndarray:
-    """The natural logarithm of every element, in float64 (NaN below 0, -inf at 0)."""
-    return _apply(_log, values)
+def log(values: np.ndarray, out_dtype: Any = np.float64) -> np.ndarray:
+    """The natural logarithm of every element (NaN below 0, -inf at 0), computed in float64 and
+    stored as ``out_dtype``."""
+    return _apply(_log, values, out_dtype)

@@ -146,9 +146,8 @@ def host_unary(op: str, a: np.ndarray) -> np.ndarray:
         return np.asarray(np.negative(a))
     from klflow.kernels import elementwise_cpu
 
-    out = getattr(elementwise_cpu, op)(np.asarray(a))
-    if dtype in (dtypes.float32, dtypes.float16):
-        out = out.astype(np.float32)
+    narrow = dtype in (dtypes.float32, dtypes.float16)
+    out = getattr(elementwise_cpu, op)(np.asarray(a), np.dtype(np.float32 if narrow else np.float64))
     return _rounded(out, dtype)
 
 
