@@ -34,6 +34,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,22 +114,25 @@ def repeated_bounded_sum(kernel, x, y, grad, repeats):
 
 
 def ns_per_element(fn, elements: int) -> float:
-    """Best of five timings of ``fn`` (which handles ``elements`` elements), in ns per element."""
+    """Best of five timings of ``fn`` (which handles ``elements`` elements on the calling thread),
+    in ns per element of the thread's CPU time: on a shared machine the wall time also counts
+    the spells in which other jobs have the core."""
     fn()
-    best = min(timed(fn) for _ in range(5))
+    best = min(cpu_timed(fn) for _ in range(5))
     return best / elements * 1e9
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def cpu_timed(fn) -> float:
+    start = time.thread_time()
     fn()
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
-    """Cost per element of the arithmetic alone, one thread, on an L1-resident float32 block,
-    set against what the read floor at ``n`` allows per element and thread: where the arithmetic
-    exceeds that, the kernel is compute-bound and no memory optimisation can reach the floor."""
+    """Cost per element of the arithmetic alone (thread CPU time), one thread, on an L1-resident
+    float32 block, set against what the read floor at ``n`` allows per element and thread: where
+    the arithmetic exceeds that, the kernel is compute-bound and no memory optimisation can reach
+    the floor."""
     rng = np.random.default_rng(1)
     block = cpu.BLOCK
     x = rng.standard_normal(block).astype(np.float32)
@@ -165,17 +169,22 @@ def compute_costs(read_floor_ms: float, n: int, threads: int) -> dict:
     return {"ns_per_element": costs, "read_floor_ns_per_element_and_thread": allowed}
 
 
-def interleaved_median_ms(variants: dict, reps: int) -> dict:
+CLOCK = time.perf_counter  # time.thread_time under --cpu-time
+
+
+def interleaved_median_ms(variants: dict, reps: int, between_rounds=lambda: None) -> dict:
     """Median ms of each variant, timed in rounds that run every variant once, so that a slow
-    spell of the shared machine (seen to last a few hundred ms) hits all of them alike."""
+    spell of the shared machine (seen to last a few hundred ms) hits all of them alike;
+    ``between_rounds`` runs after each round (the peers' rounds)."""
     for fn in variants.values():
         fn()  # warm-up (and JIT)
     samples: dict = {name: [] for name in variants}
     for _ in range(reps):
+        between_rounds()
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start = CLOCK()
             fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(CLOCK() - start)
     return {name: statistics.median(times) * 1e3 for name, times in samples.items()}
 
 
@@ -183,9 +192,9 @@ def median_ms(fn, reps: int) -> float:
     fn()  # warm-up (and JIT)
     samples = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(CLOCK() - start)
     return statistics.median(samples) * 1e3
 
 
@@ -232,9 +241,10 @@ print(read("VmHWM:") - before)
 
 
 PEER_PROBE = """
-import json, os, statistics, sys, time
+import json, os, sys, time
 import numpy as np
-peer, dtype, log2, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+peer, dtype, log2, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+clock = getattr(time, sys.argv[5])
 rng = np.random.default_rng(log2)
 x_np = rng.standard_normal(1 << log2).astype(dtype)
 y_np = rng.random(1 << log2).astype(dtype)
@@ -256,8 +266,10 @@ if peer.startswith("torch"):
         "none": lambda: loss["none"](x, y),
         "fwd+bwd": forward_backward,
     }
-    version = torch.__version__
 else:
+    if threads == 1:  # XLA's own thread pool to one thread, like the others'
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     import jax
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -276,17 +288,23 @@ else:
         "none": lambda: none(x, y).block_until_ready(),
         "fwd+bwd": lambda: jax.block_until_ready(grad(x, y)),
     }
-    version = jax.__version__
 for fn in variants.values():
     fn()  # compile
     fn()
-samples = {name: [] for name in variants}
-for _ in range(reps):  # interleaved rounds, as for klflow
+print("ready", flush=True)
+# One round (every variant once) per request, so that the parent interleaves the peers' rounds
+# with klflow's: a slow spell of the shared machine then hits all of them alike. The pause lets
+# the peer's worker threads stop spinning before the parent times anything again.
+for request in sys.stdin:
+    if request.strip() != "round":
+        break
+    times = {}
     for name, fn in variants.items():
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples[name].append(time.perf_counter() - start)
-print(json.dumps({"version": version, **{name: statistics.median(t) * 1e3 for name, t in samples.items()}}))
+        times[name] = clock() - start
+    time.sleep(0.3)
+    print(json.dumps(times), flush=True)
 """
 
 PEERS = ("torch", "torch.compile", "jax")
@@ -314,7 +332,10 @@ def code_isa() -> tuple[str, str, dict]:
     if cpu_name in ("", "host"):
         isa = f"{host_isa} (host code)"
     elif cpu_name in ("haswell", "x86-64-v3", "znver3", "znver2", "skylake"):
-        isa = f"AVX2 code (NUMBA_CPU_NAME={cpu_name}) on an {host_isa} CPU"
+        isa = (
+            f"AVX2 code (NUMBA_CPU_NAME={cpu_name}) on an {host_isa} CPU; PyTorch eager and JAX asked "
+            "for AVX2 too, torch.compile keeps the host's"
+        )
         peer_env = {"ATEN_CPU_CAPABILITY": "avx2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
     else:
         isa = f"code for NUMBA_CPU_NAME={cpu_name} on an {host_isa} CPU"
@@ -334,25 +355,71 @@ def installed_version(peer: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def peer_times(peer: str, dtype: str, log2: int, reps: int, threads: int, env: dict) -> dict:
-    """Median ms of a peer's ``sum``, ``batchmean``, ``none`` and forward+backward in a child
-    process (same sizes and distributions as the parent's arrays, same thread count), so that
-    its threads stop with it; an empty dict (and a note) if it fails."""
-    environment = dict(os.environ, **env)
-    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
-        environment.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(reps), str(threads)],
-        capture_output=True,
-        text=True,
-        env=environment,
-    )
-    if done.returncode != 0:
-        print(f"{peer} failed at {dtype} 2^{log2}: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return {}
-    times = json.loads(done.stdout.strip().splitlines()[-1])
-    times.pop("version", None)
-    return times
+class Peer:
+    """A peer in a child process of its own (same sizes and distributions as the parent's arrays,
+    same thread count), so that its threads stop with it; it runs one timed round of its
+    ``sum``, ``batchmean``, ``none`` and forward+backward each time :meth:`round` asks."""
+
+    def __init__(self, peer: str, dtype: str, log2: int, threads: int, env: dict) -> None:
+        environment = dict(os.environ, **env)
+        for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+            environment.pop(name, None)
+        if peer == "torch.compile":
+            # Inductor 2.13's kernels built with ATEN_CPU_CAPABILITY=avx2 failed from 2^20
+            # elements on ("RuntimeError: unhandled error"): it keeps the host's instructions.
+            environment.pop("ATEN_CPU_CAPABILITY", None)
+        self.name = peer
+        self.errors = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and stall the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", PEER_PROBE, peer, dtype, str(log2), str(threads), self._clock(peer)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+            env=environment,
+        )
+        self.samples: dict[str, list[float]] = {}
+        self.failed = self._read(lambda line: line == "ready") != "ready"
+
+    @staticmethod
+    def _clock(peer: str) -> str:
+        """The child's clock: the parent's, except that JAX computes on threads of its own, so
+        that its CPU time is the process's (PyTorch with one thread computes on the caller's)."""
+        if CLOCK is time.thread_time and peer == "jax":
+            return "process_time"
+        return CLOCK.__name__
+
+    def _read(self, wanted) -> str:
+        """The child's next line that ``wanted`` accepts (libraries may print lines of their own);
+        an empty string, and a note with the child's last error line, if it ended first."""
+        while line := self.process.stdout.readline():
+            if wanted(line.strip()):
+                return line.strip()
+        self.errors.seek(0)
+        error = self.errors.read().strip().splitlines()[-3:]
+        print(f"{self.name} failed (exit {self.process.wait()}): {error}", file=sys.stderr)
+        return ""
+
+    def round(self) -> None:
+        if self.failed:
+            return
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        line = self._read(lambda line: line.startswith("{"))
+        if not line:
+            self.failed = True
+            return
+        for mode, seconds in json.loads(line).items():
+            self.samples.setdefault(mode, []).append(seconds)
+
+    def close(self) -> dict:
+        """Median ms per mode (none if the peer failed); the child exits."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+        if self.failed:
+            return {}
+        return {mode: statistics.median(times) * 1e3 for mode, times in self.samples.items()}
 
 
 def peak_growth_bytes(variant: str, log2: int) -> int:
@@ -406,10 +473,20 @@ def main() -> int:
     parser.add_argument(
         "--no-extras", action="store_true", help="skip peak memory, the arithmetic alone and the first call"
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread everywhere, timed by CPU time (the computing thread's; JAX's process's): "
+        "ratios that a loaded machine's other jobs do not move (they take the core, not its CPU time)",
+    )
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.thread_time  # with one thread, every kernel runs on the calling thread
+        flow.env.set_num_threads(1)
     threads = flow.env.get_num_threads()
     numba.set_num_threads(threads)  # the floors' prange loops: as many threads as klflow's
     model, isa, peer_env = code_isa()
@@ -475,11 +552,16 @@ def main() -> int:
                 # what first-touch page faults (kernel zeroing) add to every fresh output.
                 reused = np.zeros_like(x)
                 variants["read_write_floor_reused"] = lambda: read_write_floor(x, y, reused)
-            row.update(interleaved_median_ms(variants, reps))
+            running = [Peer(peer, dtype_name, log2, threads, peer_env) for peer in peers]
+
+            def peer_rounds() -> None:
+                for peer in running:
+                    peer.round()
+
+            row.update(interleaved_median_ms(variants, reps, peer_rounds))
+            for peer in running:
+                row.update({f"{peer.name} {mode}": ms for mode, ms in peer.close().items()})
             row["numpy"] = median_ms(lambda: numpy_loss(x, y), max(3, reps // 2))
-            for peer in peers:
-                times = peer_times(peer, dtype_name, log2, max(3, reps // 2), threads, peer_env)
-                row.update({f"{peer} {mode}": ms for mode, ms in times.items()})
             report["rows"].append(row)
             rf, rw = row["read_floor"], row["read_write_floor"]
             print(

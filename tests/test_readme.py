@@ -64,11 +64,16 @@ def test_standalone_examples_print_what_they_show(index, tmp_path):
     assert result.stdout.splitlines() == expected
 
 
+# Every rank prints; unbuffered, print() writes the value and the newline separately and the
+# launcher may interleave the ranks' pieces within a line. Buffered, each rank's lines arrive whole.
+BUFFERED_OUTPUT = {"PYTHONUNBUFFERED": ""}
+
+
 @needs_mpiexec
 def test_train_py_prints_a_nonnegative_divergence_on_every_rank(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(_named("train.py"))
-    result = launch(mpiexec("-n", "2", *python_m_mpi4py(str(script))), 600)
+    result = launch(mpiexec("-n", "2", *python_m_mpi4py(str(script))), 600, BUFFERED_OUTPUT)
     assert result.returncode == 0, result.stdout
     values = {}
     for line in result.stdout.splitlines():
@@ -85,7 +90,7 @@ def test_the_vocabulary_split_distillation_has_the_same_bits_on_any_rank_count(t
     script.write_text(_named("distill.py"))
     printed = set()
     for ranks in (1, 2, 3):
-        result = launch(mpiexec("-n", str(ranks), *python_m_mpi4py(str(script))), 600)
+        result = launch(mpiexec("-n", str(ranks), *python_m_mpi4py(str(script))), 600, BUFFERED_OUTPUT)
         assert result.returncode == 0, result.stdout
         values = [line for line in result.stdout.splitlines() if re.fullmatch(r"[0-9.e+-]+", line)]
         assert len(values) == ranks

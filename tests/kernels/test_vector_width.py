@@ -1,4 +1,5 @@
-"""Every CPU kernel asks for 512-bit vectors, for itself only, and gets them where the CPU has them.
+"""Every CPU kernel asks for 512-bit vectors, for itself only, and gets them where the CPU has them;
+the bounded kernel prefetches its next block where the code has no AVX-512.
 
 The bits of the kernels do not depend on the vector width: tests/kernels/test_isa_levels.py runs
 the same cases at every ISA level (``x86-64-v4`` and an AVX-512 host with 512-bit vectors,
@@ -7,7 +8,10 @@ the same cases at every ISA level (``x86-64-v4`` and an AVX-512 host with 512-bi
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from llvmlite import binding as llvm
 from numba import njit
 
 from klflow.kernels import cpu, exact_sum
+from klflow.kernels.prefetch import prefetch_wanted
 from klflow.kernels.vector_width import PREFERRED_WIDTH_ATTRIBUTE, use_full_vector_width
 
 HOST_FEATURES = {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
@@ -88,3 +93,38 @@ def test_the_request_is_for_the_calling_function_only():
 def test_kernels_use_512_bit_registers_on_avx512(make, flags, kind):
     kernel, signature = _fresh(make, flags, kind)
     assert _ZMM.search(kernel.inspect_asm(signature))
+
+
+# ------------------------------------------------------------------ prefetch (AVX2 and older code)
+PREFETCH_PROBE = """
+import numpy as np
+from numba import njit
+from klflow.kernels import cpu, exact_sum
+kernel = njit(nogil=True)(cpu._make_bounded_kernel(False, False))
+a = np.linspace(0.1, 2.0, 64).astype(np.float32)
+kernel(a, a, 0.0, np.empty(0, np.float32), exact_sum.new_state())
+print(kernel.inspect_asm(kernel.signatures[0]).count("prefetcht0"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpu_name", "expected"),
+    [("haswell", True), ("x86-64-v2", True), ("x86-64-v4", False), ("znver4", False)],
+)
+def test_the_bounded_kernel_prefetches_where_the_code_has_no_avx512(tmp_path, cpu_name, expected):
+    environment = dict(
+        os.environ, NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PREFETCH_PROBE], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert (int(done.stdout.split()[-1]) > 0) is expected
+
+
+def test_prefetch_decision_follows_avx512():
+    assert prefetch_wanted("haswell", "")
+    assert prefetch_wanted("generic", "")
+    assert not prefetch_wanted("sapphirerapids", "")
+    assert not prefetch_wanted("haswell", "+avx2,+avx512f")
+    assert prefetch_wanted("rocketlake", "+avx2,-avx512f")
