@@ -296,3 +296,30 @@ def test_a_bad_gradient_on_one_rank_is_one_error_everywhere(world):
     )
     (dx,) = flow.autograd.grad(x * 2.0, x, grad_outputs=good)  # the ranks are still in step
     assert_everywhere(dx.sbp == (S0,) and np.all(dx.numpy() == 2.0), "gradient after the error")
+
+
+def test_second_derivatives_with_ranks_outside_the_placement(world):
+    rank, size = world
+    if size < 3:
+        pytest.skip("needs a rank outside a two-rank placement")
+    pair = flow.placement("cpu", [0, 1])
+    x_full = seeded((4, 3), np.float64, seed=22)
+    y_full = seeded((4, 3), np.float64, seed=23, positive=True) + 0.1
+    inside = rank in (0, 1)
+
+    def component(full):
+        local = full[2 * rank : 2 * rank + 2].copy() if inside else np.empty((0,))
+        t = flow.from_numpy(local).to_global(pair, S0)
+        t.requires_grad = True
+        return t
+
+    def hessian_diagonal(x, y):
+        gx, gy = flow.autograd.grad(F.kl_div(x, y, "sum", log_target=True), [x, y], create_graph=True)
+        return flow.autograd.grad((gx * gy).sum(), [x, y])
+
+    got = hessian_diagonal(component(x_full), component(y_full))
+    want = hessian_diagonal(flow.tensor(x_full, requires_grad=True), flow.tensor(y_full, requires_grad=True))
+    everyone = flow.tensor([1.0]).to_global(flow.placement.all("cpu"), B)  # the ranks are still in step
+    for g, w in zip(got, want, strict=True):
+        assert_everywhere(np.allclose(g.numpy(), w.numpy(), rtol=1e-13, atol=0), "second derivatives")
+    assert_everywhere(everyone.numpy().tolist() == [1.0], "after")

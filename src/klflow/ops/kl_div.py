@@ -216,11 +216,20 @@ class GlobalLossNode(graph.Node):
     is_global = True
 
     def __init__(
-        self, input: Tensor, target: Tensor, local_node: graph.Node | None, out_spec: GlobalSpec, op_name: str
+        self,
+        input: Tensor,
+        target: Tensor,
+        local_node: graph.Node | None,
+        out_spec: GlobalSpec,
+        op_name: str,
+        log_target: bool = False,
+        coef: float = 1.0,
     ) -> None:
         super().__init__([input, target])
         self.op_name = op_name
         self.local_node = local_node
+        self.log_target = log_target
+        self.coef = coef  # the reduction's scale (1 / the logical divisor), for create_graph
         self.out_spec = out_spec
         self.input_specs = (input._global.layout(), target._global.layout())
 
@@ -236,25 +245,24 @@ class GlobalLossNode(graph.Node):
         grad = global_tensors.redistributed(  # recorded only under backward(create_graph=True)
             grad_output, global_tensors.gradient_spec(self.out_spec), f"backward() through {self.name()}"
         )
+        create_graph = graph.is_grad_enabled()
         if self.local_node is None:  # this rank holds no component
-            return tuple(
+            grads = [
                 global_tensors.empty_component(spec, grad.dtype.numpy) if self.needs_input_grad(i) else None
                 for i, spec in enumerate(self.input_specs)
-            )
-        local_grad = Tensor(grad._data, device=grad.device)
-        local_grad._fill_value = grad._fill_value
-        create_graph = graph.is_grad_enabled()
-        with graph.no_grad():
-            local_grads = self.local_node.backward(local_grad)
-        grads = [
-            None if g is None else Tensor(g._data, device=g.device, global_info=spec)
-            for g, spec in zip(local_grads, self.input_specs, strict=True)
-        ]
-        if create_graph:
+            ]
+        else:
+            local_grad = Tensor(grad._data, device=grad.device)
+            local_grad._fill_value = grad._fill_value
+            with graph.no_grad():
+                local_grads = self.local_node.backward(local_grad)
+            grads = [
+                None if g is None else Tensor(g._data, device=g.device, global_info=spec)
+                for g, spec in zip(local_grads, self.input_specs, strict=True)
+            ]
+        if create_graph:  # on every rank, members or not: they make the same global tensors
             input, target = self.inputs
-            record_gradient_graph(
-                grads, input, target, grad, self.local_node.log_target, self.local_node.coef
-            )
+            record_gradient_graph(grads, input, target, grad, self.log_target, self.coef)
         return tuple(grads)
 
     def release(self) -> None:
@@ -290,6 +298,8 @@ def _kl_div_global(input: Tensor, target: Tensor, reduction: str, log_target: bo
         out = Tensor(result._data, device=result.device, global_info=out_spec)
     if record:
         name = grad_name(reduction, spec.shape)  # the same on ranks that hold no component
-        out.grad_fn = GlobalLossNode(input, target, local_node, out_spec.layout(), name)
+        divisor = 1 if reduction == "none" else reduction_divisor(reduction, spec.shape)
+        coef = 1.0 / divisor if divisor else float("nan")  # as kl_div_local's
+        out.grad_fn = GlobalLossNode(input, target, local_node, out_spec.layout(), name, log_target, coef)
         out._requires_grad = True
     return out
