@@ -2,8 +2,8 @@
 """klflow on the CPU against the memory floor, NumPy, PyTorch, torch.compile and JAX, in one run.
 
     .venv/bin/python scripts/bench_cpu.py [--min-log2 16] [--max-log2 26] [--dtypes float32 float64]
-                                          [--peers torch torch.compile jax] [--plot docs/data/bench_cpu.png]
-                                          [--json out.json]
+                                          [--peers torch torch.compile jax] [--cpu-time] [--no-extras]
+                                          [--plot docs/data/bench_cpu.png] [--json out.json]
 
 For each size and dtype it times (median of ``--reps``) klflow ``sum``, ``batchmean``, ``none`` and
 forward+backward (loss and input gradient), a NumPy implementation of the loss, and each peer's
@@ -14,10 +14,12 @@ via ``jax.value_and_grad``), each peer in a child process of its own with the sa
 parallel, vectorised numba passes over the same arrays: one that only reads both inputs (the
 floor of a reduction) and one that reads both and writes one array (the floor of ``none`` and of
 forward+backward). It prints the CPU model and the vector instruction set of klflow's code (the
-host's, or the one ``NUMBA_CPU_NAME`` asks for; the peers are then asked for the same level where
-they can be: ``ATEN_CPU_CAPABILITY`` for PyTorch and Inductor, ``--xla_cpu_max_isa`` for JAX). It
-also reports the arithmetic alone on a cache-resident block, the peak resident memory each variant
-adds at the largest size, and the cost of a first call in a new process with a warm on-disk cache.
+host's, or the one ``NUMBA_CPU_NAME`` asks for; for AVX2 code the peers are asked for AVX2 where
+that works: ``ATEN_CPU_CAPABILITY`` for PyTorch eager, ``--xla_cpu_max_isa`` for JAX). With
+``--cpu-time`` everything runs on one thread and is timed by CPU time, for ratios that other
+jobs on a shared machine do not move. It also reports the arithmetic alone on a cache-resident
+block, the peak resident memory each variant adds at the largest size, and the cost of a first
+call in a new process with a warm on-disk cache.
 
 ``--pipeline [options]`` runs ``scripts/bench_pipeline.py`` instead (the distillation pipeline:
 log_softmax of both inputs, kl_div batchmean log_target=True, forward and backward, against
