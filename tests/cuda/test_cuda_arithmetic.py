@@ -76,3 +76,26 @@ def test_in_place_ops_on_the_device():
     t += 1.0
     t *= flow.tensor([2.0, 3.0], device="cuda")
     assert t is same and t.is_cuda and t.tolist() == [4.0, 9.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_whole_sums_on_the_device_have_the_cpu_bits(dtype):
+    rng = np.random.default_rng(7)
+    cases = [
+        rng.standard_normal(5000),
+        np.array([3e38, 1.0, -3e38, 2.0**-149, 7.0]),
+        rng.standard_normal(300) * 10.0 ** rng.integers(-20, 20, size=300),
+        np.array([1.0, np.nan, 2.0]),
+        np.array([np.inf, 1.0]),
+        np.array([-0.0, -0.0]),
+    ]
+    for values in cases:
+        with np.errstate(over="ignore"):
+            host = values.astype(dtype)
+        cpu, gpu = flow.tensor(host), flow.tensor(host, device="cuda")
+        for got, want in ((gpu.sum(), cpu.sum()), (gpu.mean(), cpu.mean())):
+            assert (
+                got.is_cuda
+                and got.numpy().tobytes() == want.numpy().tobytes()
+                or (np.isnan(got.item()) and np.isnan(want.item()))
+            )

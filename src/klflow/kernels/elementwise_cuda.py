@@ -191,3 +191,49 @@ def unary(op: str, a: Any) -> Any:
             cuda_kernels._flat(out),
         )
     return out
+
+
+# ------------------------------------------------------------------ whole-tensor sums
+SUM_TERMS_PER_THREAD = 2048  # each thread's error sum stays within bounded_sum's depth
+
+
+@cuda.jit
+def compensated_sum_kernel(values, stride, sums, errors, magnitudes):
+    """Thread t adds elements t, t + stride, ... in float64 with TwoSum (as
+    :func:`klflow.kernels.exact_rows._compensated_total`): its running sum, the sum of the
+    rounding errors, and the errors' magnitudes."""
+    t = cuda.grid(1)
+    if t >= stride:
+        return
+    total = 0.0
+    error_sum = 0.0
+    magnitude = 0.0
+    for i in range(t, values.size, stride):
+        value = np.float64(values[i])
+        running = total + value
+        part = running - total
+        error = (total - (running - part)) + (value - part)
+        total = running
+        error_sum += error
+        magnitude += abs(error)
+    sums[t] = total
+    errors[t] = error_sum
+    magnitudes[t] = magnitude
+
+
+def compensated_sum(values: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """(every thread's running sum, its error sum — host arrays — and the total of the errors'
+    magnitudes) for a whole device array; the host adds the first two exactly and decides."""
+    from klflow.kernels import cuda as cuda_kernels
+
+    flat = cuda_kernels._flat(values)
+    threads = max(1, -(-flat.size // SUM_TERMS_PER_THREAD))
+    sums = cuda.device_array(threads, dtype=np.float64)
+    errors = cuda.device_array(threads, dtype=np.float64)
+    magnitudes = cuda.device_array(threads, dtype=np.float64)
+    block = min(128, threads)
+    compensated_sum_kernel[-(-threads // block), block](flat, threads, sums, errors, magnitudes)
+    magnitude_total = 0.0
+    for m in magnitudes.copy_to_host():  # a float64 running total, as bounded_sum's bound assumes
+        magnitude_total += float(m)
+    return sums.copy_to_host(), errors.copy_to_host(), magnitude_total

@@ -6,8 +6,9 @@ exact_rows`); a mean divides the correctly rounded float64 sum by the count and 
 the dtype, as the loss's ``mean`` does. So a result does not depend on the order of the terms, on
 threads, or — for global tensors — on how many ranks hold them: a sum over a split dim is
 partial_sum with the ranks' exact states as its record (:class:`klflow.ops.partial_values.
-ExactStates`), which materialise to the single-process bits. CUDA tensors are reduced through host
-memory (the exact states are made on the host).
+ExactStates`), which materialise to the single-process bits. A whole float32/float16 CUDA tensor
+is summed on the device (compensated sums, decided on the host); other CUDA reductions go through
+host memory.
 
 >>> import klflow as flow
 >>> x = flow.tensor([[1e8, 1.0, -1e8], [0.5, 0.25, 0.25]], dtype=flow.float32)
@@ -90,6 +91,20 @@ def _whole_sum(values: np.ndarray, divisor: int) -> tuple[np.ndarray, Any]:
     return exact_rows.round_rows(states, divisor, values.dtype), states
 
 
+def _device_whole_sum(t: Tensor, divisor: int) -> np.ndarray:
+    """A float32/float16 CUDA tensor's whole sum: compensated sums on the device, decided on the
+    host from their exact sum and the errors' bound (the host's exact sum where it cannot)."""
+    from klflow.kernels import elementwise_cuda, exact_sum
+
+    sums, errors, magnitude_total = elementwise_cuda.compensated_sum(t._data)
+    state = exact_rows.row_states(np.stack([sums, errors]).reshape(1, -1))[0]
+    exact_sum.normalize(state)
+    value = rounding.bounded_value(state, magnitude_total, divisor, t.dtype.numpy)
+    if value is not None:
+        return value
+    return host_reduce(_host(t), tuple(range(t.ndim)), False, divisor)
+
+
 def host_reduce(values: np.ndarray, dims: Sequence[int], keepdim: bool, divisor: int) -> np.ndarray:
     """The exact sums over ``dims`` ÷ ``divisor``, rounded to ``values``' dtype (host arrays)."""
     if len(dims) == values.ndim:
@@ -125,6 +140,12 @@ def reduce(t: Tensor, dim: Any = None, keepdim: bool = False, mean: bool = False
     divisor = math.prod(shape[d] for d in dims) if mean else 1
     if t.is_global:
         out, source = _global_reduce(t, dims, bool(keepdim), divisor)
+    elif t.is_cuda and len(dims) == t.ndim and t.dtype.numpy in BOUNDED_DTYPES and t.numel():
+        out = Tensor(
+            _on_device(_device_whole_sum(t, divisor).reshape(_out_shape(shape, dims, keepdim)), t),
+            device=t.device,
+        )
+        source = t
     else:
         out = Tensor(_on_device(host_reduce(_host(t), dims, bool(keepdim), divisor), t), device=t.device)
         source = t
