@@ -32,43 +32,6 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
-class set_grad_enabled:
-    """Turn graph recording on or off: as a plain call (``set_grad_enabled(False)`` switches it
-    off until switched on again), as a context manager (restores the old mode on exit) and as a
-    decorator, like PyTorch's.
-
-    >>> import klflow as flow
-    >>> _ = flow.set_grad_enabled(False); flow.is_grad_enabled()
-    False
-    >>> _ = flow.set_grad_enabled(True); flow.is_grad_enabled()
-    True
-    """
-
-    def __init__(self, mode: bool) -> None:
-        self.previous = is_grad_enabled()
-        self.mode = bool(mode)
-        _state.enabled = self.mode
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        _state.enabled = self.previous
-
-    def __call__(self, function: Callable) -> Callable:
-        # As a decorator: the mode applies while the function runs (the call above already set
-        # it at decoration time, as PyTorch's does; restore that).
-        _state.enabled = self.previous
-        mode = self.mode
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _GradMode(mode):
-                return function(*args, **kwargs)
-
-        return wrapper
-
-
 class _GradMode:
     """A context manager and decorator that sets the grad mode on entry and restores it on exit."""
 
@@ -100,6 +63,36 @@ class _GradMode:
                 return function(*args, **kwargs)
 
         return wrapper
+
+
+class set_grad_enabled(_GradMode):
+    """Turn graph recording on or off: as a plain call (``set_grad_enabled(False)`` switches it
+    off until switched on again), as a context manager (restores the old mode on exit) and as a
+    decorator, like PyTorch's.
+
+    >>> import klflow as flow
+    >>> _ = flow.set_grad_enabled(False); flow.is_grad_enabled()
+    False
+    >>> _ = flow.set_grad_enabled(True); flow.is_grad_enabled()
+    True
+    """
+
+    def __new__(cls, mode: bool) -> set_grad_enabled:
+        return object.__new__(cls)
+
+    def __init__(self, mode: bool) -> None:
+        self.previous = is_grad_enabled()
+        self.mode = bool(mode)
+        _state.enabled = self.mode
+
+    def __enter__(self) -> None:
+        return None  # the mode was already set by the call
+
+    def __call__(self, function: Callable) -> Callable:
+        # As a decorator: the mode applies while the function runs (the call above already set
+        # it at decoration time, as PyTorch's does; restore that).
+        _state.enabled = self.previous
+        return super().__call__(function)
 
 
 class no_grad(_GradMode):
