@@ -80,6 +80,9 @@ def of_array(np_dtype: Any) -> dtype:
 def from_numpy_dtype(np_dtype: Any) -> dtype:
     """The klflow dtype for a NumPy dtype; anything but float16/32/64 is a ``TypeError``."""
     np_dtype = np.dtype(np_dtype)
+    found = _BY_NUMPY.get(np_dtype)  # the common case first: every tensor made asks this
+    if found is not None:
+        return found
     if is_bfloat16(np_dtype):
         return _bfloat16()
     try:
