@@ -33,6 +33,7 @@ every member.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -265,11 +266,15 @@ def redistribute(local: np.ndarray, src: GlobalSpec, dst: GlobalSpec, call: str)
     return component_of(full, dst, me) if inside_dst else _empty(dtype)
 
 
+@functools.cache
+def _everyone(device_type: str, world_size: int) -> Placement:
+    return Placement(device_type, range(world_size))
+
+
 def logical_value(local: np.ndarray, spec: GlobalSpec, call: str) -> np.ndarray:
     """The logical value on every rank of the job, as OneFlow's ``numpy()`` does it (to every
     rank, broadcast): collective over the placement's ranks and the rest of the world."""
-    everyone = Placement(spec.placement.type, range(comm.world_size()))
-    target = GlobalSpec(everyone, (broadcast,), spec.shape)
+    target = GlobalSpec(_everyone(spec.placement.type, comm.world_size()), (broadcast,), spec.shape)
     if spec.layout() == target:
         return local.copy()
     return redistribute(local, spec, target, call)

@@ -721,6 +721,8 @@ _FLOAT32 = np.dtype(np.float32)
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
     # MPI has no portable float16 or bfloat16 sum: add such data in float32 and round once after.
+    if dtype.char in "fdq?l":  # NumPy's own (``name`` is slow Python): summed as they are
+        return dtype
     return _FLOAT32 if dtype.char == "e" or dtype.name == "bfloat16" else dtype
 
 

@@ -42,7 +42,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_NATIVE_CHARS = frozenset("efd?")  # NumPy's own float16/32/64 and bool
+
+
 def is_bfloat16(dtype: Any) -> bool:
+    """Whether a klflow or NumPy dtype is bfloat16, without loading ml_dtypes to ask (NumPy's
+    own dtypes are told apart by their one-letter code first: their ``name`` is slow Python)."""
+    if isinstance(dtype, np.dtype) and dtype.char in _NATIVE_CHARS:
+        return False
     return getattr(dtype, "name", None) == "bfloat16"
 
 
