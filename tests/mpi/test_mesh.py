@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import reference
 from conftest import assert_everywhere, raises_everywhere
-from helpers import seeded
+from helpers import as_mesh_global, seeded
 
 import klflow as flow
 import klflow.nn.functional as F
@@ -38,23 +38,6 @@ def _mesh(hierarchy):
     return flow.placement("cpu", np.arange(int(np.prod(hierarchy))).reshape(hierarchy))
 
 
-def as_global(full: np.ndarray, placement, sbp, requires_grad=False) -> flow.Tensor:
-    """The logical value ``full`` with signature ``sbp`` (partial-sum axes: the value at
-    coordinate 0, zeros elsewhere)."""
-    me = flow.env.get_rank()
-    spec = GlobalSpec(placement, tuple(sbp), full.shape)
-    if placement.index_of(me) is None:
-        local = np.empty((0,), full.dtype)
-    else:
-        local = np.array(full[spec.component_slices_of(me)], order="C")
-        coordinates = placement.coordinates_of(me)
-        if not all(coordinates[a] == 0 for a in spec.partial_axes()):
-            local = np.zeros_like(local)
-    t = flow.from_numpy(local).to_global(placement, tuple(sbp))
-    t.requires_grad = requires_grad
-    return t
-
-
 @pytest.fixture(params=[0, 1, 2], ids=["mesh0", "mesh1", "mesh2"])
 def mesh(world, request):
     _, size = world
@@ -69,7 +52,7 @@ def test_every_signature_pair_keeps_the_logical_value(mesh):
     full = seeded((13, 7), np.float64, seed=5)
     failures = []
     for src, dst in itertools.product(itertools.product(ENTRIES, repeat=2), repeat=2):
-        x = as_global(full, mesh, [ENTRIES[k] for k in src])
+        x = as_mesh_global(full, mesh, [ENTRIES[k] for k in src])
         y = x.to_global(sbp=tuple(ENTRIES[k] for k in dst))
         value = y.numpy()
         spec = GlobalSpec(mesh, y.sbp, full.shape)
@@ -83,7 +66,7 @@ def test_every_signature_pair_keeps_the_logical_value(mesh):
 
 def test_changing_the_mesh_shape_of_the_same_ranks(mesh):
     full = seeded((13, 7), np.float32, seed=6)
-    x = as_global(full, mesh, (ENTRIES["S0"], ENTRIES["S1"]))
+    x = as_mesh_global(full, mesh, (ENTRIES["S0"], ENTRIES["S1"]))
     flat = flow.placement("cpu", list(mesh.rank_tuple))
     transposed = flow.placement("cpu", np.array(mesh.ranks).T)
     for placement, sbp in [(flat, (ENTRIES["S0"],)), (transposed, (ENTRIES["B"], ENTRIES["S0"]))]:
@@ -113,7 +96,7 @@ def test_the_loss_on_a_mesh_has_the_single_process_bits(mesh, signature, dtype):
         x_full = seeded((13, 7), dtype, seed=11)
         y_full = seeded((13, 7), dtype, seed=12, positive=not log_target)
         for reduction in REDUCTIONS:
-            x, y = as_global(x_full, mesh, sbp), as_global(y_full, mesh, sbp)
+            x, y = as_mesh_global(x_full, mesh, sbp), as_mesh_global(y_full, mesh, sbp)
             loss = F.kl_div(x, y, reduction=reduction, log_target=log_target)
             single = F.kl_div(x_full, y_full, reduction=reduction, log_target=log_target).numpy()
             value = loss.numpy()
@@ -136,15 +119,15 @@ def test_gradients_on_a_mesh_have_the_inputs_layout(mesh, signature):
     x_full = seeded((13, 7), np.float32, seed=1)
     y_full = seeded((13, 7), np.float32, seed=2, positive=True)
     for reduction in ("sum", "batchmean", "none"):
-        x = as_global(x_full, mesh, sbp, requires_grad=True)
-        y = as_global(y_full, mesh, sbp, requires_grad=True)
+        x = as_mesh_global(x_full, mesh, sbp, requires_grad=True)
+        y = as_mesh_global(y_full, mesh, sbp, requires_grad=True)
         loss = F.kl_div(x, y, reduction=reduction)
         single_x, single_y = flow.from_numpy(x_full.copy()), flow.from_numpy(y_full.copy())
         single_x.requires_grad = single_y.requires_grad = True
         single = F.kl_div(single_x, single_y, reduction=reduction)
         if reduction == "none":
             upstream = seeded((13, 7), np.float32, seed=3)
-            loss.backward(as_global(upstream, mesh, loss.sbp))
+            loss.backward(as_mesh_global(upstream, mesh, loss.sbp))
             single.backward(flow.from_numpy(upstream))
         else:
             loss.backward()
@@ -175,7 +158,7 @@ def test_boxing_communicates_on_the_axis_group_only(world):
         (("B", "B"), ("S0", "S1"), None, {}),
     ]
     for src, dst, axis, expected in cases:
-        x = as_global(full, mesh, [ENTRIES[k] for k in src])
+        x = as_mesh_global(full, mesh, [ENTRIES[k] for k in src])
         comm.reset_counts()
         x.to_global(sbp=tuple(ENTRIES[k] for k in dst))
         counts = _counts_by_communicator()
@@ -189,7 +172,7 @@ def test_a_nested_split_changes_through_the_right_order(world):
         pytest.skip("the 2 × 2 mesh needs 4 ranks")
     mesh = _mesh((2, 2))
     full = seeded((11, 3), np.float64, seed=9)
-    x = as_global(full, mesh, (ENTRIES["S0"], ENTRIES["S0"]))
+    x = as_mesh_global(full, mesh, (ENTRIES["S0"], ENTRIES["S0"]))
     comm.reset_counts()
     y = x.to_global(sbp=(ENTRIES["B"], ENTRIES["S0"]))
     steps = sum(sum(c.values()) for c in _counts_by_communicator().values())
@@ -204,8 +187,8 @@ def test_ranks_outside_a_mesh_take_part_in_nothing(world):
     if size < 3:
         pytest.skip("needs a rank outside a 1 × 2 mesh")
     mesh = flow.placement("cpu", [[0, 1]])
-    x = as_global(seeded((6, 4), np.float32), mesh, (ENTRIES["B"], ENTRIES["S0"]))
-    y = as_global(seeded((6, 4), np.float32, positive=True), mesh, (ENTRIES["B"], ENTRIES["S0"]))
+    x = as_mesh_global(seeded((6, 4), np.float32), mesh, (ENTRIES["B"], ENTRIES["S0"]))
+    y = as_mesh_global(seeded((6, 4), np.float32, positive=True), mesh, (ENTRIES["B"], ENTRIES["S0"]))
     comm.reset_counts()
     moved = x.to_global(sbp=(ENTRIES["B"], ENTRIES["B"]))
     loss = F.kl_div(moved, y, reduction="sum")
@@ -232,10 +215,10 @@ def test_bad_mesh_arguments_are_one_error_everywhere(mesh):
         r"split\(dim=2\) needs a tensor with more than 2 dimensions",
         lambda: local.to_global(mesh, (flow.sbp.split(2), flow.sbp.broadcast)),
     )
-    x = as_global(seeded((4, 3), np.float32), mesh, (ENTRIES["B"], ENTRIES["B"]))
+    x = as_mesh_global(seeded((4, 3), np.float32), mesh, (ENTRIES["B"], ENTRIES["B"]))
     other = flow.placement("cpu", np.array(mesh.ranks).T) if mesh.hierarchy[0] != mesh.hierarchy[1] else None
     other = other or flow.placement("cpu", np.array(mesh.ranks)[:, ::-1])
-    y = as_global(seeded((4, 3), np.float32, positive=True), other, (ENTRIES["B"], ENTRIES["B"]))
+    y = as_mesh_global(seeded((4, 3), np.float32, positive=True), other, (ENTRIES["B"], ENTRIES["B"]))
     raises_everywhere(ValueError, "same placement", lambda: F.kl_div(x, y))
 
 

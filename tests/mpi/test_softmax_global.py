@@ -9,32 +9,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import assert_everywhere, raises_everywhere
-from helpers import seeded
+from helpers import as_mesh_global, seeded
 
 import klflow as flow
 import klflow.nn.functional as F
 from klflow.distributed import comm
-from klflow.distributed.layout import GlobalSpec
 
 S0, S1, S2 = flow.sbp.split(0), flow.sbp.split(1), flow.sbp.split(2)
 B, P = flow.sbp.broadcast, flow.sbp.partial_sum
-
-
-def as_global(full: np.ndarray, placement, sbp, requires_grad=False) -> flow.Tensor:
-    """The logical value ``full`` with signature ``sbp`` (partial-sum axes: the value at
-    coordinate 0, zeros elsewhere)."""
-    me = flow.env.get_rank()
-    spec = GlobalSpec(placement, tuple(sbp), full.shape)
-    if placement.index_of(me) is None:
-        local = np.empty((0,), full.dtype)
-    else:
-        local = np.array(full[spec.component_slices_of(me)], order="C")
-        coordinates = placement.coordinates_of(me)
-        if not all(coordinates[a] == 0 for a in spec.partial_axes()):
-            local = np.zeros_like(local)
-    t = flow.from_numpy(local).to_global(placement, tuple(sbp))
-    t.requires_grad = requires_grad
-    return t
 
 
 def _single(full: np.ndarray, dim: int, log: bool, upstream: np.ndarray):
@@ -49,10 +31,10 @@ def _check(placement, sbp, shape, dim, dtype, log):
     full = seeded(shape, dtype, seed=31) * dtype(4)
     upstream = seeded(shape, dtype, seed=32)
     want_out, want_grad = _single(full, dim, log, upstream)
-    x = as_global(full, placement, sbp, requires_grad=True)
+    x = as_mesh_global(full, placement, sbp, requires_grad=True)
     out = (F.log_softmax if log else F.softmax)(x, dim=dim)
     out_sbp = tuple(B if s.is_partial_sum else s for s in sbp)
-    out.backward(as_global(upstream, placement, out_sbp))
+    out.backward(as_mesh_global(upstream, placement, out_sbp))
     problems = []
     if out.sbp != out_sbp:
         problems.append(f"output sbp {out.sbp}")
@@ -81,7 +63,7 @@ def test_a_split_softmax_dim_exchanges_and_another_does_not(world):
     placement = flow.placement.all("cpu")
     full = seeded((4, 9), np.float32, seed=1)
     for sbp, exchanges in ((S1, size > 1), (S0, False)):
-        x = as_global(full, placement, (sbp,))
+        x = as_mesh_global(full, placement, (sbp,))
         comm.reset_counts()
         F.log_softmax(x, dim=1)
         counts = dict(comm.collective_counts)
@@ -106,8 +88,8 @@ def test_vocabulary_split_distillation_has_the_single_process_bits(world, dtype)
     single_s.requires_grad = single_t.requires_grad = True
     single = pipeline(single_s, single_t)
     single.backward()
-    s = as_global(student_logits, placement, (S1,), requires_grad=True)
-    t = as_global(teacher_logits, placement, (S1,), requires_grad=True)
+    s = as_mesh_global(student_logits, placement, (S1,), requires_grad=True)
+    t = as_mesh_global(teacher_logits, placement, (S1,), requires_grad=True)
     loss = pipeline(s, t)
     loss.backward()
     value = loss.numpy()
@@ -143,7 +125,7 @@ def test_meshes_have_the_single_process_bits(world, signature):
 
 
 def test_a_bad_dim_is_one_error_everywhere(world):
-    x = as_global(seeded((3, 4), np.float32), flow.placement.all("cpu"), (S1,))
+    x = as_mesh_global(seeded((3, 4), np.float32), flow.placement.all("cpu"), (S1,))
     raises_everywhere(
         comm.CollectiveError, r"IndexError: Dimension out of range", lambda: F.log_softmax(x, dim=2)
     )
@@ -166,8 +148,8 @@ def test_second_derivatives_equal_the_single_process_ones(world, sbp):
     single_x = flow.from_numpy(x_full.copy())
     single_x.requires_grad = True
     want_g, want_gg = second(single_x, flow.from_numpy(w_full))
-    x = as_global(x_full, placement, (sbp,), requires_grad=True)
-    got_g, got_gg = second(x, as_global(w_full, placement, (sbp,)))
+    x = as_mesh_global(x_full, placement, (sbp,), requires_grad=True)
+    got_g, got_gg = second(x, as_mesh_global(w_full, placement, (sbp,)))
     assert_everywhere(got_g.tobytes() == want_g.tobytes(), "first derivative bits")
     close = np.allclose(got_gg, want_gg, rtol=1e-12, atol=1e-15)
     assert_everywhere(close, f"second derivative: {np.abs(got_gg - want_gg).max()}")
