@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llvmlite import binding as llvm
+from compiled_kernels import HOST_FEATURES, compiled_afresh
 from numba import njit
 
-from klflow.kernels import cpu, exact_sum
+from klflow.kernels import cpu
 
 CASES = Path(__file__).with_name("isa_cases.py")
 HANG_GUARD_S = 1800  # each process compiles every kernel case; only a hang takes this long
@@ -32,7 +32,6 @@ LEVELS = {
     "haswell": {"avx2", "fma", "bmi2", "f16c"},
     "x86-64-v4": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
 }
-HOST_FEATURES = {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
 
 
 def _run_cases(cpu_name: str, cache: Path) -> subprocess.Popen:
@@ -73,37 +72,21 @@ _FMA_INSTRUCTION = re.compile(r"\bvf(?:n)?m(?:add|sub)(?:sub|add)?\d{3}[ps][sd]\
 _CONTRACTING_FLAGS = re.compile(r"= f(?:add|sub|mul|neg)\s+(?:[a-z]+\s+)*(?:contract|fast)\b")
 
 
-def _fresh(make, *flags):
-    """A kernel compiled afresh (a cached dispatcher cannot show its IR or assembly)."""
-    return njit(nogil=True)(make(*flags))
-
-
 KERNELS = [
     pytest.param(cpu._make_bounded_kernel, (False, True), "bounded", id="bounded-prob-grad"),
     pytest.param(cpu._make_bounded_kernel, (True, True), "bounded", id="bounded-log-grad"),
     pytest.param(cpu._make_sum_kernel, (True, True), "sum", id="exact-log-grad"),
     pytest.param(cpu._make_pointwise_kernel, (True,), "pointwise", id="none-log"),
-    pytest.param(cpu._make_target_grad_kernel, (False, True), "grad", id="target-grad-prob"),
+    pytest.param(cpu._make_target_grad_kernel, (False, True), "target-grad", id="target-grad-prob"),
 ]
-
-
-def _arguments(kind: str) -> tuple:
-    a = np.linspace(0.1, 2.0, 64)
-    if kind == "bounded":
-        return a, a, 0.5, a.copy(), exact_sum.new_state()
-    if kind == "sum":
-        return a, a, 0.5, a.copy(), exact_sum.new_state(), np.empty(cpu.BLOCK)
-    if kind == "pointwise":
-        return a, a, a.copy()
-    return a, a, a, 0.5, a.copy()
 
 
 @pytest.mark.skipif("fma" not in HOST_FEATURES, reason="CPU without FMA")
 @pytest.mark.parametrize(("make", "flags", "kind"), KERNELS)
 def test_the_only_fused_operations_are_the_explicit_ones(make, flags, kind):
-    kernel = _fresh(make, *flags)
-    kernel(*_arguments(kind))
-    signature = kernel.signatures[0]
+    # The target gradient runs with an elementwise upstream (a y-shaped array).
+    upstream = np.linspace(0.1, 2.0, 64) if kind == "target-grad" else None
+    kernel, signature = compiled_afresh(make, flags, kind, upstream=upstream)
     optimised = kernel.inspect_llvm(signature)
     assert "fmuladd" not in optimised
     assert not _CONTRACTING_FLAGS.search(optimised)

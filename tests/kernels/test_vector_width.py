@@ -15,28 +15,14 @@ import sys
 
 import numpy as np
 import pytest
-from llvmlite import binding as llvm
+from compiled_kernels import HOST_FEATURES, compiled_afresh
 from numba import njit
 
-from klflow.kernels import cpu, exact_sum
+from klflow.kernels import cpu
 from klflow.kernels.prefetch import prefetch_wanted
 from klflow.kernels.vector_width import PREFERRED_WIDTH_ATTRIBUTE, use_full_vector_width
 
-HOST_FEATURES = {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
 _ZMM = re.compile(r"%zmm\d+")
-
-
-def _arguments(kind: str) -> tuple:
-    a = np.linspace(0.1, 2.0, 64).astype(np.float32)
-    if kind == "bounded":
-        return a, a, 0.5, a.copy(), exact_sum.new_state()
-    if kind == "sum":
-        return a, a, 0.5, a.copy(), exact_sum.new_state(), np.empty(cpu.BLOCK)
-    if kind == "pointwise":
-        return a, a, a.copy()
-    if kind == "input-grad":
-        return a, np.ones(1), 0.5, a.copy()
-    return a, a, np.ones(1), 0.5, a.copy()
 
 
 KERNELS = [
@@ -47,13 +33,6 @@ KERNELS = [
     pytest.param(cpu._make_input_grad_kernel, (True, False), "input-grad", id="input-grad-log"),
     pytest.param(cpu._make_target_grad_kernel, (False, False), "target-grad", id="target-grad-prob"),
 ]
-
-
-def _fresh(make, flags, kind):
-    """The kernel compiled afresh (a cached dispatcher cannot show its IR) and run once."""
-    kernel = njit(nogil=True)(make(*flags))
-    kernel(*_arguments(kind))
-    return kernel, kernel.signatures[0]
 
 
 def _attributes_of(ir_text: str, function_name_part: str) -> str:
@@ -67,7 +46,7 @@ def _attributes_of(ir_text: str, function_name_part: str) -> str:
 
 @pytest.mark.parametrize(("make", "flags", "kind"), KERNELS)
 def test_every_kernel_asks_for_full_width_vectors(make, flags, kind):
-    kernel, signature = _fresh(make, flags, kind)
+    kernel, signature = compiled_afresh(make, flags, kind, np.float32)
     name = kernel.py_func.__name__
     assert PREFERRED_WIDTH_ATTRIBUTE in _attributes_of(kernel.inspect_llvm(signature), name)
 
@@ -91,7 +70,7 @@ def test_the_request_is_for_the_calling_function_only():
 @pytest.mark.skipif(not {"avx512f", "avx512dq"} <= HOST_FEATURES, reason="CPU without AVX-512")
 @pytest.mark.parametrize(("make", "flags", "kind"), KERNELS[:4])
 def test_kernels_use_512_bit_registers_on_avx512(make, flags, kind):
-    kernel, signature = _fresh(make, flags, kind)
+    kernel, signature = compiled_afresh(make, flags, kind, np.float32)
     assert _ZMM.search(kernel.inspect_asm(signature))
 
 
